@@ -368,17 +368,6 @@ def _same_grid(a: Any, b: Any) -> bool:
     )
 
 
-def _to_sitk(volume: Any, array: Any) -> Any:
-    import numpy as np
-    import SimpleITK as sitk
-
-    img = sitk.GetImageFromArray(np.ascontiguousarray(array))
-    img.SetSpacing([float(s) for s in volume.spacing[::-1]])
-    img.SetOrigin([float(o) for o in volume.origin[::-1]])
-    img.SetDirection([float(d) for d in np.asarray(volume.direction)[::-1, ::-1].ravel()])
-    return img
-
-
 def scribbles_on_grid(scribbles: Any, image: Any) -> Any:
     """Scribble values (Z, Y, X) on the image's voxel grid.
 
@@ -396,6 +385,7 @@ def scribbles_on_grid(scribbles: Any, image: Any) -> Any:
     import numpy as np
 
     from ..core.errors import InputError
+    from ..core.io import Volume, volume_to_sitk
 
     if scribbles.array.ndim != 3:
         raise InputError(
@@ -412,9 +402,11 @@ def scribbles_on_grid(scribbles: Any, image: Any) -> Any:
     import SimpleITK as sitk
 
     log.warning("scribbles are on another voxel grid than the input: resampling them onto it")
-    ref = _to_sitk(image, np.zeros(image.array.shape[-3:], dtype=np.uint8))
+    ref = volume_to_sitk(image.with_array(np.zeros(image.array.shape[-3:], dtype=np.uint8)))
+    moving = volume_to_sitk(Volume(values.astype(np.int32), scribbles.spacing, scribbles.origin,
+                                   scribbles.direction))
     moved = sitk.Resample(
-        _to_sitk(scribbles, values.astype(np.int32)), ref, sitk.Transform(),
+        moving, ref, sitk.Transform(),
         sitk.sitkNearestNeighbor, 0, sitk.sitkInt32,
     )
     return sitk.GetArrayFromImage(moved).astype(np.int64)
@@ -451,10 +443,6 @@ def _check_paths(args: argparse.Namespace) -> None:
         path = getattr(args, name)
         if path and not Path(path).exists():
             raise InputError(f"{name}: file not found: {path}")
-    for name in ("outputLabelmap", "outputProbability", "outputModel"):
-        path = getattr(args, name)
-        if path and not Path(path).resolve().parent.is_dir():
-            raise InputError(f"{name}: folder does not exist for output {path}; create it first")
     if args.model == NO_SHIPPED_MODEL and not args.modelFile:
         raise InputError("no model is shipped with this installation: choose a Model file")
 
@@ -484,7 +472,7 @@ def run_segmentation(args: argparse.Namespace, stream: TextIO | None = None) -> 
     progress = SlicerProgress(stages, stream)
     progress.begin("Reading the input volume and the model")
 
-    image = read_volume(args.inputVolume)
+    image = read_volume(args.inputVolume, all_channels=True)
     model = resolve_model(args.modelFile or args.model)
     num_classes = int(getattr(model, "num_classes", 0) or len(model_meta(model)["class_names"]))
     if args.outputProbability and not 0 <= args.probabilityClass < num_classes:
