@@ -25,11 +25,15 @@ folder, then :func:`os.replace`).
 from __future__ import annotations
 
 import contextlib
+import gzip
+import json
 import logging
 import os
 import shutil
+import struct
 import tempfile
 import uuid
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -51,6 +55,7 @@ WRITE_SUFFIXES = SITK_SUFFIXES + TIFF_SUFFIXES + ZARR_SUFFIXES
 #: our own geometry record inside TIFF (private tag) and Zarr (group attribute)
 GEOMETRY_KEY = "cnnseg"
 TIFF_GEOMETRY_TAG = 65000
+CLASS_NAMES_KEY = "cnnseg_class_names"
 
 
 def _as_triplet(values: Any, what: str) -> tuple[float, float, float]:
@@ -231,8 +236,11 @@ def volume_from_sitk(image: Any, *, channel: int | None = None, all_channels: bo
         )
     array = _select_channel(array, channel, all_channels, path)
     header = {k: image.GetMetaData(k) for k in image.GetMetaDataKeys()}
-    return Volume(np.ascontiguousarray(array), spacing, origin, direction,
-                  {"header": header})
+    meta: dict[str, Any] = {"header": header, "unit": "mm"}
+    if CLASS_NAMES_KEY in header:
+        with contextlib.suppress(ValueError):
+            meta["class_names"] = [str(n) for n in json.loads(header.pop(CLASS_NAMES_KEY))]
+    return Volume(np.ascontiguousarray(array), spacing, origin, direction, meta)
 
 
 def volume_to_sitk(volume: Volume) -> Any:
@@ -251,12 +259,74 @@ def volume_to_sitk(volume: Volume) -> Any:
     image.SetSpacing(tuple(float(s) for s in volume.spacing[::-1]))
     image.SetOrigin(tuple(float(o) for o in volume.origin[::-1]))
     image.SetDirection(tuple(float(d) for d in volume.direction[::-1, ::-1].ravel()))
+    if volume.metadata.get("class_names"):  # kept by NRRD and MetaImage headers
+        image.SetMetaData(CLASS_NAMES_KEY, json.dumps([str(n) for n in volume.metadata["class_names"]]))
     return image
+
+
+def _check_nifti(path: Path) -> None:
+    """Catch what ITK's NIfTI reader lets through: truncated data (it zero-fills) and
+    non-finite pixdim (it silently replaces them)."""
+    gz = path.name.lower().endswith(".gz")
+    try:
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            head = f.read(544)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise VolumeReadError(f"cannot read {path}: corrupt or truncated file ({exc}); re-export it") from exc
+    endian = next((e for e in "<>" if len(head) >= 348
+                   and struct.unpack(e + "i", head[:4])[0] in (348, 540)), None)
+    if endian is None:
+        return  # not NIfTI-1/2: ITK reports it
+    if struct.unpack(endian + "i", head[:4])[0] == 348:
+        dims = struct.unpack(endian + "8h", head[40:56])
+        bitpix = struct.unpack(endian + "h", head[72:74])[0]
+        pixdim = struct.unpack(endian + "8f", head[76:108])
+        vox_offset = int(struct.unpack(endian + "f", head[108:112])[0])
+        single_file = head[344:347] == b"n+1"
+    else:
+        if len(head) < 540:
+            raise VolumeReadError(f"cannot read {path}: corrupt or truncated NIfTI-2 header; re-export it")
+        bitpix = struct.unpack(endian + "h", head[14:16])[0]
+        dims = struct.unpack(endian + "8q", head[16:80])
+        pixdim = struct.unpack(endian + "8d", head[104:168])
+        vox_offset = int(struct.unpack(endian + "q", head[168:176])[0])
+        single_file = head[4:7] == b"n+2"
+    ndim = dims[0]
+    if not 1 <= ndim <= 7 or min(dims[1:ndim + 1]) < 1:
+        raise VolumeReadError(f"cannot read {path}: corrupt NIfTI header (dim = {dims}); re-export it")
+    spatial = pixdim[1:min(ndim, 3) + 1]
+    if not all(np.isfinite(spatial)):
+        raise InputError(
+            f"{path.name} has non-finite voxel spacing (pixdim {spatial}); fix pixdim in the "
+            "NIfTI header (e.g. nibabel img.header.set_zooms) and save again"
+        )
+    if not single_file:
+        return
+    expected = vox_offset + int(np.prod(dims[1:ndim + 1], dtype=np.int64)) * max(bitpix, 8) // 8
+    if not gz:
+        truncated = path.stat().st_size < expected
+    else:
+        with open(path, "rb") as f:  # gzip trailer: uncompressed size mod 2**32
+            f.seek(-4, os.SEEK_END)
+            truncated = struct.unpack("<I", f.read(4))[0] != expected % 2**32
+        if truncated:  # or a multi-member gzip: count for real
+            count = 0
+            with contextlib.suppress(OSError, EOFError, zlib.error), gzip.open(path, "rb") as f:
+                while chunk := f.read(1 << 24):
+                    count += len(chunk)
+            truncated = count < expected
+    if truncated:
+        raise VolumeReadError(
+            f"cannot read {path}: the file is truncated (corrupt or incomplete download/copy: "
+            f"{expected} bytes of header + voxels expected); copy or export it again"
+        )
 
 
 def _read_sitk(path: Path, channel: int | None, all_channels: bool) -> Volume:
     import SimpleITK as sitk
 
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        _check_nifti(path)
     try:
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
@@ -440,17 +510,239 @@ def _is_zarr(path: Path) -> bool:
     return path.is_dir() and any((path / f).exists() for f in (".zgroup", ".zarray", "zarr.json"))
 
 
+def _geometry_from_record(record: Any, path: Path) -> dict[str, Any]:
+    """Our own JSON geometry record -> Volume keyword arguments."""
+    try:
+        rec = json.loads(record) if isinstance(record, str | bytes) else dict(record)
+        out = {k: rec[k] for k in ("spacing", "origin", "direction")}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise VolumeReadError(f"{path}: damaged cnnseg geometry record ({exc}); re-export the file") from exc
+    meta = {k: v for k, v in rec.items() if k not in out}
+    return {**out, "metadata": meta}
+
+
+def _to_czyx(data: Any, axes: str, path: Path) -> Any:
+    """Reorder an array with axis letters (tifffile/OME conventions) to (C, Z, Y, X) or (Z, Y, X)."""
+    axes = axes.upper()
+    # a stack of unnamed planes is a z stack
+    for alias in "QIP":
+        if alias in axes and "Z" not in axes:
+            axes = axes.replace(alias, "Z", 1)
+    if "S" in axes and "C" not in axes:
+        axes = axes.replace("S", "C")
+    keep = "CZYX"
+    for i in reversed(range(len(axes))):  # squeeze singleton axes we do not keep
+        if axes[i] not in keep or axes.count(axes[i]) > 1:
+            if data.shape[i] != 1:
+                raise InputError(
+                    f"{path.name} has axes {axes!r} with shape {tuple(data.shape)}; axis "
+                    f"{axes[i]!r} of size {data.shape[i]} is not supported (time series or "
+                    "several samples per channel): save one 3D stack per file"
+                )
+            data = data[(slice(None),) * i + (0,)]
+            axes = axes[:i] + axes[i + 1:]
+    if "Z" not in axes or "Y" not in axes or "X" not in axes:
+        raise InputError(
+            f"{path.name} is a 2D image (axes {axes!r}, shape {tuple(data.shape)}); a 3D "
+            "volume is needed: save the slices as one multi-page TIFF stack"
+        )
+    order = [axes.index(a) for a in keep if a in axes]
+    return np.transpose(data, order) if order != list(range(len(order))) else data
+
+
+def _tiff_spacing(tif: Any) -> tuple[list[float], str | None]:
+    """(z, y, x) spacing and unit from OME or ImageJ metadata (1.0 where absent)."""
+    spacing, unit = [1.0, 1.0, 1.0], None
+    if tif.is_ome and tif.ome_metadata:
+        import tifffile
+
+        ome = tifffile.xml2dict(tif.ome_metadata).get("OME", {})
+        image = ome.get("Image", {})
+        pixels = (image[0] if isinstance(image, list) else image).get("Pixels", {})
+        for i, ax in enumerate("ZYX"):
+            if f"PhysicalSize{ax}" in pixels:
+                spacing[i] = float(pixels[f"PhysicalSize{ax}"])
+        unit = pixels.get("PhysicalSizeXUnit", "µm")
+        return spacing, unit
+    if tif.is_shaped and tif.shaped_metadata:  # tifffile's own JSON description
+        shaped = tif.shaped_metadata[0]
+        for i, ax in enumerate("ZYX"):
+            if f"PhysicalSize{ax}" in shaped:
+                spacing[i] = float(shaped[f"PhysicalSize{ax}"])
+        unit = shaped.get("PhysicalSizeXUnit")
+    page = tif.pages[0]
+    if tif.is_imagej:
+        ij = tif.imagej_metadata or {}
+        spacing[0] = float(ij.get("spacing", 1.0))
+        unit = ij.get("unit")
+        if unit in ("micron", "\\u00B5m", "um"):
+            unit = "µm"
+    for i, tag in ((1, "YResolution"), (2, "XResolution")):
+        res = page.tags.get(tag)
+        if res is not None and (tif.is_imagej or page.tags.get("ResolutionUnit", None) is not None):
+            num, den = res.value
+            if num > 0 and den > 0 and not (num == 1 and den == 1 and not tif.is_imagej):
+                spacing[i] = den / num
+    return spacing, unit
+
+
+class _CollectErrors(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 def _read_tiff(path: Path, channel: int | None, all_channels: bool) -> Volume:
-    raise VolumeReadError(f"TIFF reading is not available yet ({path})")
+    import tifffile
+
+    errors = _CollectErrors()  # tifffile logs (not raises) damaged offsets and drops pages
+    tiff_log = logging.getLogger("tifffile")
+    tiff_log.addHandler(errors)
+    size = path.stat().st_size
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            data = series.asarray()
+            axes = series.axes
+            spacing, unit = _tiff_spacing(tif)
+            record = tif.pages[0].tags.get(TIFF_GEOMETRY_TAG)
+            record = record.value if record is not None else None
+            description = tif.pages[0].description
+            for page in tif.pages:
+                if any(o + c > size for o, c in zip(page.dataoffsets, page.databytecounts, strict=False)):
+                    errors.messages.append("image data beyond the end of the file")
+    except (tifffile.TiffFileError, ValueError, OSError, IndexError, KeyError) as exc:
+        errors.messages.append(str(exc))
+    finally:
+        tiff_log.removeHandler(errors)
+    if errors.messages:
+        raise VolumeReadError(
+            f"cannot read {path}: corrupt, truncated or not a TIFF file "
+            f"({errors.messages[0][:200]}); re-export it"
+        )
+    data = _select_channel(_to_czyx(data, axes, path), channel, all_channels, path)
+    if record is not None:
+        geo = _geometry_from_record(record, path)
+        meta = geo.pop("metadata")
+        meta.setdefault("unit", unit)
+        return Volume(np.ascontiguousarray(data), **geo, metadata=meta)
+    meta: dict[str, Any] = {"axes": axes, "unit": unit}
+    if description and len(description) < 10000:
+        meta["description"] = description
+    return Volume(np.ascontiguousarray(data), tuple(spacing), metadata=meta)
 
 
 def _write_tiff(path: Path, volume: Volume) -> None:
-    raise InputError(f"TIFF writing is not available yet ({path})")
+    import tifffile
+
+    data = np.asarray(volume.array)
+    if data.dtype == bool:
+        data = data.astype(np.uint8)
+    axes = "CZYX" if data.ndim == 4 else "ZYX"
+    meta: dict[str, Any] = {"axes": axes}
+    unit = volume.metadata.get("unit")
+    for ax, s in zip("ZYX", volume.spacing, strict=True):
+        meta[f"PhysicalSize{ax}"] = s
+        if unit:
+            meta[f"PhysicalSize{ax}Unit"] = unit
+    record = json.dumps({**volume.geometry(), **_portable_metadata(volume)})
+    tifffile.imwrite(
+        path, data, ome=True, metadata=meta, photometric="minisblack", bigtiff=data.nbytes > 2**31 - 2**25,
+        extratags=[(TIFF_GEOMETRY_TAG, "s", 0, record, True)],
+    )
+
+
+def _portable_metadata(volume: Volume) -> dict[str, Any]:
+    """The metadata entries worth keeping inside TIFF / Zarr files."""
+    return {k: volume.metadata[k] for k in ("class_names", "unit", "name") if k in volume.metadata}
+
+
+def _is_zarr_group_attrs(attrs: dict) -> dict:
+    """OME-NGFF metadata dict (0.4: attrs; 0.5: attrs["ome"])."""
+    return attrs.get("ome", attrs) if isinstance(attrs.get("ome"), dict) else attrs
 
 
 def _read_zarr(path: Path, channel: int | None, all_channels: bool) -> Volume:
-    raise VolumeReadError(f"Zarr reading is not available yet ({path})")
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as exc:  # zarr raises many types for damaged stores
+        raise VolumeReadError(f"cannot open {path} as Zarr ({exc}); check that it is a Zarr store") from exc
+    attrs = dict(node.attrs)
+    ngff = _is_zarr_group_attrs(attrs)
+    spacing, origin, axes, unit = [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], None, None
+    if isinstance(node, zarr.Array):
+        array = node
+    elif ngff.get("multiscales"):
+        ms = ngff["multiscales"][0]
+        level = ms["datasets"][0]
+        try:
+            array = node[level["path"]]
+        except KeyError as exc:
+            raise VolumeReadError(f"{path}: multiscales level {level['path']!r} is missing; the store is incomplete") from exc
+        axes_meta = ms.get("axes") or [{"name": n} for n in "tczyx"[-array.ndim:]]
+        names = [(a["name"] if isinstance(a, dict) else str(a)).lower() for a in axes_meta]
+        scale, trans = np.ones(len(names)), np.zeros(len(names))
+        for tr in list(level.get("coordinateTransformations", [])) + list(ms.get("coordinateTransformations", [])):
+            if tr.get("type") == "scale":
+                scale = scale * np.asarray(tr["scale"], dtype=float)
+            elif tr.get("type") == "translation":
+                trans = trans + np.asarray(tr["translation"], dtype=float)
+        spatial = [i for i, n in enumerate(names) if n in ("z", "y", "x")][-3:]
+        if len(spatial) == 3:
+            spacing = [float(scale[i]) for i in spatial]
+            origin = [float(trans[i]) for i in spatial]
+        unit = next((a.get("unit") for a in axes_meta if isinstance(a, dict) and a.get("unit")), None)
+        letters = {"z": "Z", "y": "Y", "x": "X", "c": "C", "t": "T"}
+        axes = "".join(letters.get(n, "Q") for n in names)
+    else:
+        arrays = list(node.array_keys())
+        if len(arrays) != 1:
+            raise VolumeReadError(
+                f"{path} is a Zarr group without OME multiscales metadata holding "
+                f"{len(arrays)} arrays {arrays[:5]}; give the path of one array inside it"
+            )
+        array = node[arrays[0]]
+    if array.ndim < 3:
+        _check_spatial(tuple(array.shape), path)
+    data = np.asarray(array[...])
+    data = _to_czyx(data, axes or ("CZYX" if data.ndim == 4 else "ZYX"), path)
+    data = _select_channel(data, channel, all_channels, path)
+    record = attrs.get(GEOMETRY_KEY)
+    if record is not None:
+        geo = _geometry_from_record(record, path)
+        return Volume(data, **geo)
+    return Volume(data, tuple(spacing), tuple(origin), metadata={"unit": unit} if unit else {})
 
 
 def _write_zarr(path: Path, volume: Volume) -> None:
-    raise InputError(f"Zarr writing is not available yet ({path})")
+    import zarr
+
+    data = np.asarray(volume.array)
+    if data.dtype == bool:
+        data = data.astype(np.uint8)
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    chunks = tuple(min(s, 64) for s in data.shape[-3:])
+    if data.ndim == 4:
+        chunks = (1, *chunks)
+    arr = root.create_array("0", shape=data.shape, dtype=data.dtype, chunks=chunks)
+    arr[...] = data
+    unit = volume.metadata.get("unit")
+    ngff_unit = {"mm": "millimeter", "µm": "micrometer", "um": "micrometer", "nm": "nanometer"}.get(unit or "", None)
+    axes = [{"name": n, "type": "space", **({"unit": ngff_unit} if ngff_unit else {})} for n in "zyx"]
+    scale, trans = list(volume.spacing), list(volume.origin)
+    if data.ndim == 4:
+        axes.insert(0, {"name": "c", "type": "channel"})
+        scale, trans = [1.0, *scale], [0.0, *trans]
+    root.attrs["multiscales"] = [{
+        "version": "0.4",
+        "name": str(volume.metadata.get("name", path.stem)),
+        "axes": axes,
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": scale}, {"type": "translation", "translation": trans}]}],
+    }]
+    root.attrs[GEOMETRY_KEY] = {**volume.geometry(), **_portable_metadata(volume)}

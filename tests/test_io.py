@@ -1,0 +1,337 @@
+"""core.io: round trips with full geometry per format, foreign metadata, and clear errors."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import tifffile
+import zarr
+
+from napari_cnnseg.core.errors import InputError, VolumeReadError
+from napari_cnnseg.core.io import (
+    Volume,
+    read_volume,
+    volume_from_sitk,
+    volume_to_sitk,
+    write_volume,
+)
+
+FORMATS = [".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".tif", ".ome.tiff", ".zarr"]
+CHANNEL_FORMATS = [".nrrd", ".mha", ".tif", ".zarr"]
+
+
+def oblique_direction() -> np.ndarray:
+    """A right-handed rotation about two axes built from 3-4-5 triangles (cos 0.6, sin 0.8)."""
+    c, s = 0.6, 0.8
+    rx = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    ry = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+    return rx @ ry
+
+
+def oblique_volume(dtype=np.int16, channels: int = 0, seed: int = 0) -> Volume:
+    # NIfTI stores spacing and origin as float32: these values are exact in float32, so the
+    # 1e-6 tolerance holds for them too; the direction goes through a float32 quaternion.
+    rng = np.random.default_rng(seed)
+    shape = (7, 9, 11) if not channels else (channels, 7, 9, 11)
+    array = rng.integers(0, 200, size=shape).astype(dtype)
+    return Volume(array, spacing=(2.5, 0.75, 0.5), origin=(-10.25, 3.5, 100.125),
+                  direction=oblique_direction(), metadata={"unit": "mm"})
+
+
+def assert_same_geometry(a: Volume, b: Volume, tol: float = 1e-6) -> None:
+    np.testing.assert_allclose(a.spacing, b.spacing, atol=tol, rtol=0)
+    np.testing.assert_allclose(a.origin, b.origin, atol=tol, rtol=0)
+    np.testing.assert_allclose(a.direction, b.direction, atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("ext", FORMATS)
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.float32])
+def test_round_trip_keeps_voxels_and_oblique_geometry(tmp_path, ext, dtype):
+    vol = oblique_volume(dtype)
+    path = write_volume(tmp_path / f"vol{ext}", vol)
+    back = read_volume(path)
+    assert back.array.dtype == vol.array.dtype
+    np.testing.assert_array_equal(back.array, vol.array)
+    assert_same_geometry(back, vol)
+    # nothing but the written file (and its data file for split formats) is left behind
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+@pytest.mark.parametrize("ext", CHANNEL_FORMATS)
+def test_multichannel_round_trip(tmp_path, ext):
+    vol = oblique_volume(np.uint16, channels=2)
+    path = write_volume(tmp_path / f"vol{ext}", vol)
+    back = read_volume(path, all_channels=True)
+    assert back.shape == vol.shape
+    np.testing.assert_array_equal(back.array, vol.array)
+    assert_same_geometry(back, vol)
+    one = read_volume(path, channel=1)
+    np.testing.assert_array_equal(one.array, vol.array[1])
+    with pytest.raises(InputError, match="channel"):
+        read_volume(path)
+    with pytest.raises(InputError, match="channel 0..1"):
+        read_volume(path, channel=5)
+
+
+def test_chain_nifti_nrrd_mha_tiff_zarr_nifti_keeps_geometry(tmp_path):
+    vol = oblique_volume()
+    path = write_volume(tmp_path / "a.nii.gz", vol)
+    first = read_volume(path)
+    current = first
+    for i, ext in enumerate([".nrrd", ".mha", ".tif", ".zarr", ".nii.gz"]):
+        path = write_volume(tmp_path / f"step{i}{ext}", current)
+        current = read_volume(path)
+        np.testing.assert_array_equal(current.array, vol.array)
+        assert_same_geometry(current, first)
+
+
+def test_physical_points_match_simpleitk(tmp_path):
+    vol = oblique_volume()
+    image = volume_to_sitk(vol)
+    for index_zyx in [(0, 0, 0), (6, 8, 10), (3, 1, 7)]:
+        expected = np.asarray(image.TransformIndexToPhysicalPoint(tuple(int(i) for i in index_zyx[::-1])))
+        np.testing.assert_allclose(vol.index_to_physical(index_zyx), expected[::-1], atol=1e-9)
+        np.testing.assert_allclose((vol.affine @ [*index_zyx, 1])[:3], expected[::-1], atol=1e-9)
+    again = volume_from_sitk(image)
+    assert_same_geometry(again, vol, tol=0)
+
+
+def test_nifti_ras_is_converted_to_lps(tmp_path):
+    """A NIfTI written with a known RAS affine reads back with LPS origin (x, y negated)."""
+    import struct
+
+    vol = Volume(np.zeros((2, 3, 4), np.uint8), spacing=(3.0, 2.0, 1.0), origin=(5.0, 6.0, 7.0))
+    path = write_volume(tmp_path / "a.nii", vol)
+    raw = path.read_bytes()
+    srow_x = struct.unpack("<4f", raw[280:296])  # NIfTI-1 header: srow_x at byte 280
+    assert srow_x[3] == pytest.approx(-7.0)  # LPS x = 7 -> RAS x = -7
+    assert read_volume(path).origin == pytest.approx((5.0, 6.0, 7.0))
+
+
+def test_with_array_keeps_geometry():
+    vol = oblique_volume()
+    out = vol.with_array(np.zeros(vol.shape, np.uint8), class_names=["a", "b"])
+    assert_same_geometry(out, vol, tol=0)
+    assert out.metadata["class_names"] == ["a", "b"] and "class_names" not in vol.metadata
+    out.direction[0, 0] = 9.0  # independent copies
+    assert vol.direction[0, 0] != 9.0
+
+
+@pytest.mark.parametrize("ext", [".nrrd", ".mha", ".tif", ".zarr"])
+def test_class_names_survive(tmp_path, ext):
+    vol = Volume(np.arange(24, dtype=np.uint8).reshape(2, 3, 4) % 3,
+                 metadata={"class_names": ["background", "organ", "vessel"]})
+    back = read_volume(write_volume(tmp_path / f"l{ext}", vol))
+    assert back.metadata["class_names"] == ["background", "organ", "vessel"]
+
+
+def test_overwrite_is_atomic_and_replaces(tmp_path):
+    for ext in (".nii.gz", ".zarr", ".tif"):
+        path = tmp_path / f"x{ext}"
+        write_volume(path, oblique_volume(seed=1))
+        write_volume(path, oblique_volume(seed=2))
+        np.testing.assert_array_equal(read_volume(path).array, oblique_volume(seed=2).array)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+# ----------------------------------------------------------------------------- foreign files
+
+
+def write_dicom_series(folder, vol: Volume) -> None:
+    """Write a (Z, Y, X) int16 volume as a DICOM series, one file per z slice."""
+    image = volume_to_sitk(vol)
+    d = image.GetDirection()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    uid = "1.2.826.0.1.3680043.2.1125.1.42"
+    for k in range(image.GetDepth()):
+        sl = image[:, :, k]
+        sl.SetMetaData("0020|000e", uid)  # series instance UID
+        sl.SetMetaData("0020|000d", uid + ".1")
+        sl.SetMetaData("0008|0060", "MR")
+        sl.SetMetaData("0020|0037", "\\".join(str(v) for v in (d[0], d[3], d[6], d[1], d[4], d[7])))
+        sl.SetMetaData("0020|0032", "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, k))))
+        sl.SetMetaData("0020|0013", str(k))
+        sl.SetMetaData("0008|0018", f"{uid}.{k + 2}")
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.Execute(sl)
+
+
+def test_dicom_series_folder(tmp_path):
+    vol = Volume(np.random.default_rng(1).integers(0, 900, (6, 10, 12)).astype(np.int16),
+                 spacing=(2.5, 0.75, 0.5), origin=(-10.25, 3.5, 100.125), direction=oblique_direction())
+    write_dicom_series(tmp_path, vol)
+    for target in (tmp_path, tmp_path / "slice003.dcm"):
+        back = read_volume(target)
+        assert back.metadata["format"] == "dicom"
+        np.testing.assert_array_equal(back.array, vol.array)
+        assert_same_geometry(back, vol, tol=1e-5)  # DICOM stores decimal strings
+
+
+def test_imagej_tiff_spacing_and_channels(tmp_path):
+    data = np.random.default_rng(0).integers(0, 255, (5, 2, 6, 7)).astype(np.uint8)
+    path = tmp_path / "ij.tif"
+    tifffile.imwrite(path, data, imagej=True, resolution=(1 / 0.25, 1 / 0.25),
+                     metadata={"spacing": 1.5, "unit": "um", "axes": "ZCYX"})
+    back = read_volume(path, channel=1)
+    np.testing.assert_array_equal(back.array, data[:, 1])
+    assert back.spacing == pytest.approx((1.5, 0.25, 0.25))
+    assert back.metadata["unit"] == "µm"
+    both = read_volume(path, all_channels=True)
+    np.testing.assert_array_equal(both.array, np.moveaxis(data, 1, 0))
+
+
+def test_ome_tiff_spacing(tmp_path):
+    data = np.zeros((4, 5, 6), np.uint16)
+    data[1, 2, 3] = 7
+    path = tmp_path / "x.ome.tif"
+    tifffile.imwrite(path, data, ome=True, metadata={
+        "axes": "ZYX", "PhysicalSizeZ": 2.0, "PhysicalSizeY": 0.3, "PhysicalSizeX": 0.4})
+    back = read_volume(path)
+    np.testing.assert_array_equal(back.array, data)
+    assert back.spacing == pytest.approx((2.0, 0.3, 0.4))
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_ome_zarr_scale_translation(tmp_path, version):
+    data = np.arange(2 * 4 * 5 * 6, dtype=np.uint16).reshape(2, 4, 5, 6)
+    path = tmp_path / "img.ome.zarr"
+    root = zarr.open_group(str(path), mode="w", zarr_format=2 if version == "0.4" else 3)
+    root.create_array("s0", shape=data.shape, dtype=data.dtype)[...] = data
+    root.create_array("s1", shape=(2, 2, 3, 3), dtype=data.dtype)[...] = 0
+    axes = [{"name": "c", "type": "channel"}] + [
+        {"name": n, "type": "space", "unit": "micrometer"} for n in "zyx"]
+    ms = [{"version": version, "axes": axes, "datasets": [
+        {"path": "s0", "coordinateTransformations": [
+            {"type": "scale", "scale": [1, 2.0, 0.5, 0.25]},
+            {"type": "translation", "translation": [0, 10.0, 20.0, 30.0]}]},
+        {"path": "s1", "coordinateTransformations": [{"type": "scale", "scale": [1, 4.0, 1.0, 0.5]}]},
+    ]}]
+    root.attrs.update({"multiscales": ms} if version == "0.4" else {"ome": {"version": version, "multiscales": ms}})
+    back = read_volume(path, channel=1)
+    np.testing.assert_array_equal(back.array, data[1])
+    assert back.spacing == pytest.approx((2.0, 0.5, 0.25))
+    assert back.origin == pytest.approx((10.0, 20.0, 30.0))
+
+
+def test_plain_zarr_array(tmp_path):
+    data = np.ones((3, 4, 5), np.float32)
+    zarr.save_array(str(tmp_path / "a.zarr"), data)
+    back = read_volume(tmp_path / "a.zarr")
+    np.testing.assert_array_equal(back.array, data)
+    assert back.spacing == (1.0, 1.0, 1.0)
+
+
+def test_real_t1_matches_simpleitk_reordered(shared_data):
+    path = shared_data / "itk_kmeans_t1" / "KmeansTest_T1UCharRaw.nii.gz"
+    image = sitk.ReadImage(str(path))
+    vol = read_volume(path)
+    assert vol.shape == tuple(image.GetSize())[::-1]
+    np.testing.assert_allclose(vol.spacing, image.GetSpacing()[::-1])
+    np.testing.assert_allclose(vol.origin, image.GetOrigin()[::-1])
+    np.testing.assert_allclose(vol.direction, np.reshape(image.GetDirection(), (3, 3))[::-1, ::-1])
+    assert not np.allclose(np.abs(vol.direction), np.eye(3))  # the permuted affine is kept
+
+
+# ----------------------------------------------------------------------------- bad inputs
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(VolumeReadError, match="does not exist"):
+        read_volume(tmp_path / "nope.nii.gz")
+
+
+def test_unknown_extension(tmp_path):
+    path = tmp_path / "notes.xyz"
+    path.write_text("hello")
+    with pytest.raises(VolumeReadError, match="unknown file type.*supported"):
+        read_volume(path)
+    with pytest.raises(InputError, match="unknown extension"):
+        write_volume(tmp_path / "out.xyz", oblique_volume())
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nrrd", ".mha", ".tif"])
+def test_corrupt_file(tmp_path, ext):
+    path = tmp_path / f"bad{ext}"
+    path.write_bytes(b"this is not an image at all" * 10)
+    with pytest.raises(VolumeReadError, match="corrupt"):
+        read_volume(path)
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nii", ".nrrd", ".mha", ".tif"])
+def test_truncated_file(tmp_path, ext):
+    path = write_volume(tmp_path / f"vol{ext}", oblique_volume(np.float32))
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) * 2 // 3])
+    with pytest.raises(VolumeReadError, match="corrupt|truncated"):
+        read_volume(path)
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VolumeReadError, match="empty"):
+        read_volume(tmp_path / "empty")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "readme.txt").write_text("no dicom here")
+    with pytest.raises(VolumeReadError, match="no DICOM series"):
+        read_volume(tmp_path / "junk")
+
+
+def test_2d_images(tmp_path):
+    sitk.WriteImage(sitk.Image(5, 6, sitk.sitkUInt8), str(tmp_path / "flat.nii.gz"))
+    with pytest.raises(InputError, match="2D"):
+        read_volume(tmp_path / "flat.nii.gz")
+    tifffile.imwrite(tmp_path / "flat.tif", np.zeros((6, 5), np.uint8))
+    with pytest.raises(InputError, match="2D"):
+        read_volume(tmp_path / "flat.tif")
+    with pytest.raises(InputError, match="3D volume"):
+        Volume(np.zeros((6, 5)))
+
+
+def test_4d_nifti_needs_a_channel(tmp_path):
+    data = np.random.default_rng(0).random((3, 4, 5, 6)).astype(np.float32)
+    image = sitk.JoinSeries([sitk.GetImageFromArray(c) for c in data])
+    sitk.WriteImage(image, str(tmp_path / "four.nii.gz"))
+    with pytest.raises(InputError, match="3 channels.*channel=0..2"):
+        read_volume(tmp_path / "four.nii.gz")
+    np.testing.assert_array_equal(read_volume(tmp_path / "four.nii.gz", channel=2).array, data[2])
+
+
+def test_non_finite_spacing(tmp_path):
+    path = write_volume(tmp_path / "v.mha", oblique_volume())
+    header = path.read_bytes()
+    path.write_bytes(header.replace(b"ElementSpacing = 0.5 0.75 2.5", b"ElementSpacing = 0.5 nan 2.5"))
+    with pytest.raises((InputError, VolumeReadError), match="spacing"):
+        read_volume(path)
+    # NIfTI: patch pixdim[1] (float32 at byte 80) to NaN
+    nii = write_volume(tmp_path / "v.nii.gz", oblique_volume())
+    raw = bytearray(gzip.decompress(nii.read_bytes()))
+    raw[80:84] = np.float32(np.nan).tobytes()
+    nii.write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises((InputError, VolumeReadError), match="spacing|pixdim|corrupt"):
+        read_volume(nii)
+    with pytest.raises(InputError, match="not finite"):
+        Volume(np.zeros((2, 2, 2)), spacing=(1.0, float("inf"), 1.0))
+    with pytest.raises(InputError, match="positive"):
+        Volume(np.zeros((2, 2, 2)), spacing=(1.0, 0.0, 1.0))
+
+
+def test_zarr_group_without_multiscales(tmp_path):
+    root = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    root.create_array("a", shape=(2, 2, 2), dtype="u1")
+    root.create_array("b", shape=(2, 2, 2), dtype="u1")
+    with pytest.raises(VolumeReadError, match="one array"):
+        read_volume(tmp_path / "g.zarr")
+
+
+def test_damaged_geometry_record(tmp_path):
+    path = write_volume(tmp_path / "v.zarr", oblique_volume())
+    group = zarr.open_group(str(path), mode="r+")
+    group.attrs["cnnseg"] = json.dumps({"spacing": [1, 1, 1]})
+    with pytest.raises(VolumeReadError, match="geometry"):
+        read_volume(path)
