@@ -5,7 +5,7 @@ with a generated GUI: it writes the selected volumes to temporary files (NRRD), 
 with ``--<longflag> value`` options followed by the positional (``<index>``) arguments, shows the
 ``<filter-progress>`` lines the program prints on stdout and loads the outputs back.
 
-One Python description (:data:`GROUPS`) generates both the XML (:func:`xml_text`, printed by
+One Python description (:func:`_groups`) generates both the XML (:func:`xml_text`, printed by
 ``cnnseg-slicer --xml`` and shipped as ``slicer_cli/CNNSegment.xml``) and the argparse parser
 (:func:`build_parser`), so that the two cannot drift apart.
 
