@@ -1,0 +1,616 @@
+"""Qt-free model of an interactive segmentation session (what the napari docks drive).
+
+A :class:`Session` holds the image being segmented (a :class:`~napari_cnnseg.core.io.Volume`),
+the current network with a stack of previous weight versions (for Undo), the prediction
+settings, the last results (labels, per-class probabilities, uncertainty) and the scribble
+autosave of the image. Its methods take plain ``progress(done, total)`` / ``cancel()``
+callables and never touch napari, so the same code path runs in the GUI, in the tests, in the
+demo and in ``benchmarks/bench_refresh.py``::
+
+    session = Session()
+    session.set_image(volume, name="t1")
+    session.load_model("brain_t1_unet")      # shipped name or checkpoint path
+    results = session.segment()               # whole volume
+    session.finetune(scribbles, seconds=10, region=lambda: session.slice_roi(0, 20),
+                     on_region=print)         # live slice refreshes, then whole volume
+    session.undo()                            # previous weights
+
+Threading: :meth:`segment`, :meth:`predict_region` and :meth:`finetune` may run in a worker
+thread; :meth:`apply_region` writes into the result arrays (which the GUI shows as layer
+data) and belongs to the thread that owns those arrays (the GUI thread).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._autosave import ScribbleStore, image_key
+from .core.errors import Cancelled, InputError
+from .core.jobs import CancelFn, ProgressFn
+
+logger = logging.getLogger(__name__)
+
+#: registry names of the network families offered as "New untrained ..." models
+FAMILIES: dict[str, str] = {
+    "patch_classifier": "Patch classifier",
+    "unet": "U-Net",
+    "encoder_decoder": "Encoder-decoder",
+    "multiscale": "Multi-scale",
+}
+
+#: RGBA colour of each class index (class 0 = background); scribble value k uses colour k-1
+CLASS_COLORS: tuple[tuple[float, float, float, float], ...] = (
+    (0.55, 0.55, 0.60, 1.0),  # background: grey-blue (visible for background scribbles)
+    (1.00, 0.25, 0.20, 1.0),  # red
+    (0.20, 0.90, 0.25, 1.0),  # green
+    (0.25, 0.45, 1.00, 1.0),  # blue
+    (1.00, 0.20, 1.00, 1.0),  # magenta
+    (1.00, 0.90, 0.15, 1.0),  # yellow
+    (0.15, 0.95, 0.95, 1.0),  # cyan
+    (1.00, 0.55, 0.10, 1.0),  # orange
+)
+#: napari colormap names with the same hue as CLASS_COLORS (for the probability layers)
+CLASS_COLORMAPS: tuple[str, ...] = (
+    "gray",
+    "red",
+    "green",
+    "blue",
+    "magenta",
+    "yellow",
+    "cyan",
+    "I Orange",
+)
+
+Roi = tuple[slice, slice, slice]
+
+
+def class_color(index: int) -> tuple[float, float, float, float]:
+    """RGBA colour of class ``index`` (cycles after the first eight)."""
+    if index < len(CLASS_COLORS):
+        return CLASS_COLORS[index]
+    return CLASS_COLORS[1 + (index - 1) % (len(CLASS_COLORS) - 1)]
+
+
+def class_colormap(index: int) -> str:
+    """napari colormap name for the probability map of class ``index``."""
+    if index < len(CLASS_COLORMAPS):
+        return CLASS_COLORMAPS[index]
+    return CLASS_COLORMAPS[1 + (index - 1) % (len(CLASS_COLORMAPS) - 1)]
+
+
+def normalized_entropy(probabilities: np.ndarray) -> np.ndarray:
+    """Entropy of per-voxel class probabilities divided by ``log(K)``.
+
+    Args:
+        probabilities: (K, Z, Y, X) float probabilities summing to 1 over K.
+
+    Returns:
+        (Z, Y, X) float32 in [0, 1]: 0 = certain, 1 = uniform over the K classes.
+    """
+    k = probabilities.shape[0]
+    if k < 2:
+        return np.zeros(probabilities.shape[1:], dtype=np.float32)
+    out = np.zeros(probabilities.shape[1:], dtype=np.float32)
+    for p in probabilities:
+        p = np.clip(p.astype(np.float32, copy=False), 1e-12, 1.0)
+        out -= p * np.log(p)
+    out /= np.float32(np.log(k))
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+@dataclass
+class Results:
+    """Outputs of a whole-volume prediction, on the image grid (Z, Y, X).
+
+    Attributes:
+        labels: (Z, Y, X) uint8 class indices (argmax).
+        probabilities: (K, Z, Y, X) float32 in [0, 1].
+        uncertainty: (Z, Y, X) float32 normalised entropy in [0, 1].
+        weights_step: model-weights counter at prediction time (see :class:`Session`).
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+    uncertainty: np.ndarray
+    weights_step: int = 0
+
+
+@dataclass
+class RegionUpdate:
+    """A prediction of part of the volume (e.g. the visible slice) with the current weights.
+
+    Attributes:
+        roi: three slices (z, y, x) into the image grid.
+        labels, probabilities, uncertainty: as in :class:`Results`, shaped like the roi.
+        weights_step: model-weights counter at prediction time.
+    """
+
+    roi: Roi
+    labels: np.ndarray
+    probabilities: np.ndarray
+    uncertainty: np.ndarray
+    weights_step: int = 0
+
+
+@dataclass
+class FinetuneOutcome:
+    """What :meth:`Session.finetune` did.
+
+    Attributes:
+        history: the ``FinetuneHistory`` of ``core.training.finetune`` (None if stopped before
+            it returned).
+        stopped: True if the user stopped training early (the weights reached so far are kept).
+        results: whole-volume results with the new weights (None if not refreshed).
+        region_updates: number of live region refreshes done during training.
+    """
+
+    history: Any = None
+    stopped: bool = False
+    results: Results | None = None
+    region_updates: int = 0
+    losses: list[float] = field(default_factory=list)
+
+
+def _labels_dtype(num_classes: int) -> np.dtype:
+    return np.dtype(np.uint8) if num_classes <= 255 else np.dtype(np.uint16)
+
+
+class Session:
+    """State of one interactive session: image, model (+ undo versions), settings, results.
+
+    Args:
+        autosave_folder: where scribbles are autosaved; default the per-user data folder
+            (see :mod:`napari_cnnseg._autosave`).
+        max_versions: how many previous model versions Undo keeps.
+    """
+
+    def __init__(
+        self, *, autosave_folder: str | os.PathLike | None = None, max_versions: int = 20
+    ) -> None:
+        self.volume: Any = None  # core.io.Volume
+        self.image_name = "image"
+        self.source_path: str | None = None
+        self.model: Any = None  # torch.nn.Module
+        self.model_source = ""
+        self.results: Results | None = None
+        #: keyword arguments for ``core.inference.predict`` (None = automatic)
+        self.predict_options: dict[str, Any] = {
+            "device": "auto",
+            "precision": "auto",
+            "tile_shape": None,
+            "overlap": None,
+            "batch_size": None,
+        }
+        self.autosave_folder = autosave_folder
+        self.max_versions = max_versions
+        self._versions: list[dict[str, Any]] = []
+        self._weights_step = 0
+        self._store: ScribbleStore | None = None
+
+    # ------------------------------------------------------------------ image
+    def set_image(self, volume: Any, *, name: str = "image", source_path: str | None = None) -> None:
+        """Use ``volume`` (a core.io Volume, (Z, Y, X) or (C, Z, Y, X)) as the session image.
+
+        Raises:
+            InputError: the array is not 3D/4D or has an empty axis.
+        """
+        shape = tuple(volume.array.shape)
+        if len(shape) not in (3, 4):
+            raise InputError(
+                f"expected a 3D image (Z, Y, X) or a multichannel one (C, Z, Y, X), got shape "
+                f"{shape}; open a volume (not a single 2D slice) or pick one channel"
+            )
+        if min(shape) < 1:
+            raise InputError(f"the image {name!r} is empty (shape {shape})")
+        same = (
+            self.volume is not None
+            and tuple(self.volume.array.shape) == shape
+            and self.volume.array is volume.array
+        )
+        self.volume = volume
+        self.image_name = name
+        self.source_path = str(source_path) if source_path else None
+        if not same:
+            self.results = None
+            self._store = None
+
+    @property
+    def spatial_shape(self) -> tuple[int, int, int]:
+        """(Z, Y, X) size of the image grid."""
+        self._require_image()
+        return tuple(int(s) for s in self.volume.array.shape[-3:])  # type: ignore[return-value]
+
+    @property
+    def num_channels(self) -> int:
+        """Image channels (1 for a (Z, Y, X) image)."""
+        self._require_image()
+        return 1 if self.volume.array.ndim == 3 else int(self.volume.array.shape[0])
+
+    def _require_image(self) -> None:
+        if self.volume is None:
+            raise InputError("no image chosen: open a 3D image and pick it in the Segment dock")
+
+    # ------------------------------------------------------------------ model
+    def set_model(self, model: Any, *, source: str = "") -> None:
+        """Use ``model`` (any network ``core.inference.predict`` accepts); clears Undo."""
+        self.model = model
+        self.model_source = source
+        self._versions.clear()
+        self._weights_step += 1
+
+    def load_model(self, name_or_path: str | os.PathLike) -> Any:
+        """Load a shipped model by name or a checkpoint file; raises CheckpointError if bad."""
+        from .core.models import resolve_model
+
+        model = resolve_model(str(name_or_path))
+        self.set_model(model, source=str(name_or_path))
+        return model
+
+    def new_model(
+        self,
+        family: str,
+        class_names: list[str] | None = None,
+        *,
+        num_classes: int | None = None,
+        in_channels: int | None = None,
+        **config: Any,
+    ) -> Any:
+        """Build an untrained network of ``family`` (see :data:`FAMILIES`).
+
+        Args:
+            family: registry name: patch_classifier, unet, encoder_decoder or multiscale.
+            class_names: one name per class, background first; default generic names.
+            num_classes: number of classes if ``class_names`` is not given (default 2).
+            in_channels: image channels; default the session image's (or 1).
+            **config: extra architecture settings passed to ``build_model``.
+        """
+        from .core.models import build_model
+
+        if family not in FAMILIES:
+            raise InputError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
+        if class_names is None:
+            k = int(num_classes or 2)
+            class_names = ["background"] + [f"class {i}" for i in range(1, k)]
+        class_names = [str(n).strip() or f"class {i}" for i, n in enumerate(class_names)]
+        if len(class_names) < 2:
+            raise InputError("a segmentation model needs at least 2 classes (background + one)")
+        if in_channels is None:
+            in_channels = self.num_channels if self.volume is not None else 1
+        model = build_model(
+            family, in_channels=int(in_channels), num_classes=len(class_names), **config
+        )
+        meta = dict(getattr(model, "meta", None) or {})
+        meta.update(class_names=list(class_names), description=f"untrained {FAMILIES[family]}")
+        model.meta = meta
+        self.set_model(model, source=f"new {family}")
+        return model
+
+    def _require_model(self) -> None:
+        if self.model is None:
+            raise InputError(
+                "no model chosen: pick a shipped model, load a checkpoint or create a new one "
+                "in the Segment dock"
+            )
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The model's metadata with defaults (class_names, normalization, spacing, ...)."""
+        self._require_model()
+        from .core.models import model_meta
+
+        return dict(model_meta(self.model))
+
+    @property
+    def class_names(self) -> list[str]:
+        """One name per class (index 0 = background)."""
+        return list(self.meta["class_names"])
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels the model expects."""
+        self._require_model()
+        return int(getattr(self.model, "in_channels", 1))
+
+    def describe_model(self) -> str:
+        """A short human description: family, receptive field, classes, training spacing."""
+        if self.model is None:
+            return "No model chosen."
+        meta = self.meta
+        arch = getattr(self.model, "arch_name", type(self.model).__name__)
+        family = FAMILIES.get(arch, arch)
+        lines = [f"{family} ({meta.get('description') or self.model_source or arch})"]
+        rf = self.receptive_field()
+        if rf is not None:
+            lines.append("receptive field " + "×".join(str(r) for r in rf) + " voxels (z×y×x)")
+        names = meta["class_names"]
+        lines.append(f"{len(names)} classes: " + ", ".join(names))
+        spacing = meta.get("spacing")
+        if spacing:
+            lines.append("trained at spacing " + "×".join(f"{float(s):g}" for s in spacing))
+        n = sum(int(p.numel()) for p in self.model.parameters())
+        lines.append(f"{n / 1e3:.1f} k parameters, {self.in_channels} input channel(s)")
+        return "\n".join(lines)
+
+    def receptive_field(self) -> tuple[int, int, int] | None:
+        """Receptive field (z, y, x) in voxels, if the network states it."""
+        rf = getattr(self.model, "receptive_field", None)
+        if rf is not None:
+            return tuple(int(r) for r in rf)  # type: ignore[return-value]
+        margin = getattr(self.model, "margin", None)
+        if margin is None and hasattr(self.model, "to_dense"):
+            try:
+                from .core.models import as_dense
+
+                margin = getattr(as_dense(self.model), "margin", None)
+            except Exception:  # noqa: BLE001 - description only
+                margin = None
+        if margin is not None and any(int(m) > 0 for m in margin):
+            return tuple(2 * int(m) + 1 for m in margin)  # type: ignore[return-value]
+        return None
+
+    # ------------------------------------------------------------- prediction
+    def check_ready(self) -> None:
+        """Raise InputError (with what to do) if segmenting cannot start."""
+        self._require_image()
+        self._require_model()
+        if self.num_channels != self.in_channels:
+            raise InputError(
+                f"the model expects {self.in_channels} input channel(s) but the image "
+                f"{self.image_name!r} has {self.num_channels}; pick a single channel in the "
+                "Segment dock or choose a model trained on the same channels"
+            )
+
+    def _predict(
+        self, roi: Roi | None, progress: ProgressFn | None, cancel: CancelFn | None
+    ) -> np.ndarray:
+        from .core.inference import predict
+
+        options = {k: v for k, v in self.predict_options.items() if v is not None}
+        was_training = bool(getattr(self.model, "training", False))
+        try:
+            probs = predict(
+                self.volume.array, self.model, roi=roi, progress=progress, cancel=cancel, **options
+            )
+        finally:
+            if was_training:
+                self.model.train(True)
+        return np.asarray(probs, dtype=np.float32)
+
+    def segment(
+        self, *, progress: ProgressFn | None = None, cancel: CancelFn | None = None
+    ) -> Results:
+        """Predict the whole volume with the current model; stores and returns the results."""
+        self.check_ready()
+        step = self._weights_step
+        probs = self._predict(None, progress, cancel)
+        k = probs.shape[0]
+        labels = np.argmax(probs, axis=0).astype(_labels_dtype(k))
+        results = Results(labels, probs, normalized_entropy(probs), weights_step=step)
+        self.results = results
+        return results
+
+    def ensure_results(self) -> Results:
+        """Current results, or empty ones (all background, zero probabilities) to fill in live."""
+        self.check_ready()
+        k = len(self.class_names)
+        shape = self.spatial_shape
+        res = self.results
+        if res is None or res.labels.shape != shape or res.probabilities.shape[0] != k:
+            res = Results(
+                np.zeros(shape, dtype=_labels_dtype(k)),
+                np.zeros((k, *shape), dtype=np.float32),
+                np.zeros(shape, dtype=np.float32),
+                weights_step=-1,
+            )
+            self.results = res
+        return res
+
+    def slice_roi(self, axis: int, index: int) -> Roi:
+        """Roi (z, y, x) of the single plane ``index`` along ``axis`` (0 = z) of the image grid."""
+        shape = self.spatial_shape
+        if not 0 <= axis < 3:
+            raise InputError(f"axis must be 0, 1 or 2 (z, y, x), got {axis}")
+        index = int(np.clip(index, 0, shape[axis] - 1))
+        roi = [slice(0, s) for s in shape]
+        roi[axis] = slice(index, index + 1)
+        return tuple(roi)  # type: ignore[return-value]
+
+    def predict_region(self, roi: Roi, *, cancel: CancelFn | None = None) -> RegionUpdate:
+        """Predict only ``roi`` (3 slices, z, y, x) with the current weights (not stored)."""
+        self.check_ready()
+        roi = tuple(slice(*s.indices(n)[:2]) for s, n in zip(roi, self.spatial_shape, strict=True))  # type: ignore[assignment]
+        step = self._weights_step
+        probs = self._predict(roi, None, cancel)
+        k = probs.shape[0]
+        labels = np.argmax(probs, axis=0).astype(_labels_dtype(k))
+        return RegionUpdate(roi, labels, probs, normalized_entropy(probs), weights_step=step)
+
+    def apply_region(self, update: RegionUpdate) -> bool:
+        """Write a region prediction into :attr:`results` in place.
+
+        Returns:
+            False (and changes nothing) if there are no results of the same class count yet or
+            if they are newer than the update.
+        """
+        res = self.results
+        if res is None or update.weights_step < res.weights_step:
+            return False
+        if update.probabilities.shape[0] != res.probabilities.shape[0]:
+            return False
+        res.labels[update.roi] = update.labels
+        res.probabilities[(slice(None), *update.roi)] = update.probabilities
+        res.uncertainty[update.roi] = update.uncertainty
+        res.weights_step = update.weights_step
+        return True
+
+    def refresh_region(self, roi: Roi, *, cancel: CancelFn | None = None) -> RegionUpdate:
+        """:meth:`predict_region` then :meth:`apply_region` (single-threaded use)."""
+        update = self.predict_region(roi, cancel=cancel)
+        self.apply_region(update)
+        return update
+
+    # ------------------------------------------------------------- fine-tuning
+    def check_scribbles(self, scribbles: np.ndarray) -> np.ndarray:
+        """Validate scribbles (Z, Y, X) on the image grid; values 0..K (k = class k-1)."""
+        self.check_ready()
+        scribbles = np.asarray(scribbles)
+        if scribbles.shape != self.spatial_shape:
+            raise InputError(
+                f"scribbles of shape {scribbles.shape} do not lie on the image grid "
+                f"{self.spatial_shape}; use 'Add scribbles layer' to make a matching layer"
+            )
+        if not np.issubdtype(scribbles.dtype, np.integer):
+            raise InputError(f"scribbles must hold integers, got {scribbles.dtype}")
+        k = len(self.class_names)
+        top = int(scribbles.max()) if scribbles.size else 0
+        if top == 0:
+            raise InputError("no scribbles yet: paint a few strokes of at least one class first")
+        if top > k or int(scribbles.min()) < 0:
+            raise InputError(
+                f"scribble values must be 0 (unlabelled) or 1..{k} (class value-1), found {top}; "
+                f"the model has {k} classes"
+            )
+        return scribbles
+
+    def _push_version(self) -> None:
+        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self._versions.append(state)
+        del self._versions[: -self.max_versions]
+
+    @property
+    def can_undo(self) -> bool:
+        """True if a previous model version exists."""
+        return bool(self._versions)
+
+    def undo(self) -> bool:
+        """Restore the previous model version; False if there is none. Results become stale."""
+        if not self._versions:
+            return False
+        self.model.load_state_dict(self._versions.pop())
+        self._weights_step += 1
+        return True
+
+    def finetune(
+        self,
+        scribbles: np.ndarray,
+        *,
+        steps: int | None = None,
+        seconds: float | None = None,
+        update_every: int | None = None,
+        region: Callable[[], Roi | None] | None = None,
+        on_region: Callable[[RegionUpdate], None] | None = None,
+        on_loss: Callable[[int, float], None] | None = None,
+        refresh: bool = True,
+        progress: ProgressFn | None = None,
+        cancel: CancelFn | None = None,
+        refresh_progress: ProgressFn | None = None,
+        **train_options: Any,
+    ) -> FinetuneOutcome:
+        """Fine-tune the current model on ``scribbles`` with live region refreshes.
+
+        The weights before training are pushed on the Undo stack. Every ``update_every`` steps
+        the region returned by ``region()`` (e.g. the visible slice) is predicted and passed to
+        ``on_region``. Stopping (``cancel()`` True) keeps the weights reached so far. With
+        ``refresh`` the whole volume is predicted afterwards and stored in :attr:`results`.
+
+        Args:
+            scribbles: (Z, Y, X) int array, 0 = unlabelled, k = class k-1.
+            steps, seconds: training budget (see ``core.training.finetune``).
+            update_every: steps between live refreshes (None = finetune's default).
+            region: returns the roi (z, y, x slices) to refresh live, or None to skip.
+            on_region: receives each :class:`RegionUpdate` (called in the training thread).
+            on_loss: receives ``(step, loss)`` when the trainer reports a loss.
+            refresh: predict the whole volume after training.
+            progress, cancel: training progress / stop request.
+            refresh_progress: progress of the whole-volume refresh.
+            **train_options: more keyword arguments for ``core.training.finetune``.
+        """
+        from .core.training import finetune
+
+        scribbles = self.check_scribbles(scribbles)
+        outcome = FinetuneOutcome()
+        self._push_version()
+        model = self.model
+
+        def _on_update(*args: Any, **kwargs: Any) -> None:
+            self._weights_step += 1
+            hist = kwargs.get("history") or next(
+                (a for a in args[1:] if hasattr(a, "losses")), None
+            )
+            if hist is not None and on_loss is not None and hist.losses:
+                on_loss(len(hist.losses), float(hist.losses[-1]))
+            roi = region() if region is not None else None
+            if roi is not None and on_region is not None:
+                on_region(self.predict_region(roi))
+                outcome.region_updates += 1
+
+        try:
+            outcome.history = finetune(
+                model,
+                self.volume.array,
+                scribbles,
+                steps=steps,
+                seconds=seconds,
+                update_every=update_every,
+                on_update=_on_update,
+                progress=progress,
+                cancel=cancel,
+                **train_options,
+            )
+        except Cancelled:
+            outcome.stopped = True
+            logger.info("fine-tuning stopped by the user; keeping the weights reached")
+        except BaseException:
+            # nothing useful happened: put the previous weights back
+            model.load_state_dict(self._versions.pop())
+            raise
+        self._weights_step += 1
+        if outcome.history is not None:
+            outcome.losses = [float(x) for x in getattr(outcome.history, "losses", [])]
+        model.eval()
+        if refresh:
+            outcome.results = self.segment(progress=refresh_progress)
+        return outcome
+
+    def save_model(self, path: str | os.PathLike) -> Path:
+        """Write the current model as a checkpoint (safetensors + JSON sidecar)."""
+        self._require_model()
+        from .core.models import save_model
+
+        meta = self.meta
+        if self.volume is not None and meta.get("fine_tuned_on") != self.image_name:
+            meta["spacing"] = [float(s) for s in self.volume.spacing]
+            meta["fine_tuned_on"] = self.image_name
+        return Path(save_model(path, self.model, **meta))
+
+    def copy_model(self) -> Any:
+        """A deep copy of the current model (e.g. to compare weights)."""
+        return copy.deepcopy(self.model)
+
+    # ------------------------------------------------------------- autosave
+    @property
+    def store(self) -> ScribbleStore:
+        """Scribble autosave of the current image (key computed on first use)."""
+        self._require_image()
+        if self._store is None:
+            key = image_key(
+                self.volume.array, spacing=tuple(self.volume.spacing), source_path=self.source_path
+            )
+            self._store = ScribbleStore(key, self.autosave_folder)
+        return self._store
+
+    def autosave_scribbles(self, scribbles: np.ndarray) -> Path:
+        """Atomically save the scribbles of the current image; returns the file."""
+        return self.store.save(scribbles)
+
+    def load_scribbles(self) -> np.ndarray | None:
+        """Scribbles autosaved for the current image, or None."""
+        return self.store.load(self.spatial_shape)
