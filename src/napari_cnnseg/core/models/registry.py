@@ -1,0 +1,83 @@
+"""Model registry: ``build_model(name, **config)`` over the architecture families.
+
+Names: ``patch_classifier``, ``unet``, ``encoder_decoder``, ``multiscale``. Unknown names,
+unknown config keys and bad values raise :class:`~napari_cnnseg.core.errors.InputError` with
+the valid choices. ``build_model(m.arch_name, **m.get_config())`` rebuilds ``m``'s architecture.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import nn
+
+from ..errors import InputError
+
+
+def _architectures() -> dict[str, type[nn.Module]]:
+    from .multiscale import MultiScaleNet
+    from .patch_classifier import PatchClassifier
+    from .unet import EncoderDecoder3D, UNet3D
+
+    return {
+        "patch_classifier": PatchClassifier,
+        "unet": UNet3D,
+        "encoder_decoder": EncoderDecoder3D,
+        "multiscale": MultiScaleNet,
+    }
+
+
+def architecture_names() -> list[str]:
+    """Registered architecture names, in a stable order."""
+    return list(_architectures())
+
+
+def _check_name(name: str) -> type[nn.Module]:
+    archs = _architectures()
+    if name not in archs:
+        raise InputError(
+            f"unknown model architecture {name!r}; choose one of {', '.join(archs)}"
+        )
+    return archs[name]
+
+
+def default_config(name: str) -> dict[str, Any]:
+    """Default configuration (JSON-able) of architecture ``name``."""
+    cls = _check_name(name)
+    return cls().get_config()  # type: ignore[attr-defined]
+
+
+def config_keys(name: str) -> list[str]:
+    """Accepted configuration keys of architecture ``name``."""
+    return list(default_config(name))
+
+
+def build_model(name: str, **config: Any) -> nn.Module:
+    """Build a fresh (randomly initialised) network of family ``name``.
+
+    Args:
+        name: ``patch_classifier``, ``unet``, ``encoder_decoder`` or ``multiscale``.
+        **config: architecture options (see each class; ``cnnseg models`` lists defaults).
+            JSON lists are accepted where tuples are expected.
+
+    Returns:
+        The module (train mode). Dense families follow the network protocol; a
+        ``patch_classifier`` is converted with ``as_dense(model)``.
+
+    Raises:
+        InputError: unknown name, unknown key, or bad value (the message lists valid choices).
+    """
+    cls = _check_name(name)
+    keys = config_keys(name)
+    bad = [k for k in config if k not in keys]
+    if bad:
+        raise InputError(
+            f"unknown option(s) {', '.join(map(repr, bad))} for model {name!r}; "
+            f"valid options: {', '.join(keys)}"
+        )
+    try:
+        return cls(**config)
+    except TypeError as exc:  # wrong type slipped past the checks
+        sig = inspect.signature(cls.__init__)
+        raise InputError(f"bad configuration for model {name!r} ({exc}); signature {sig}") from None
