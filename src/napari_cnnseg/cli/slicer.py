@@ -349,7 +349,8 @@ class SlicerProgress:
 
     def end(self) -> None:
         """Report 1 and close the filter block."""
-        self._progress(1.0, 1.0)
+        if self._last < 1.0:
+            self._progress(1.0, 1.0)
         self._write(f"<filter-end>\n<filter-name>{MODULE_NAME}</filter-name>\n"
                     f"<filter-time>{time.perf_counter() - self._t0:.1f}</filter-time>\n</filter-end>")
 
@@ -529,17 +530,33 @@ def run_segmentation(args: argparse.Namespace, stream: TextIO | None = None) -> 
 
 
 @contextlib.contextmanager
-def _log_to_stdout() -> Iterator[None]:
-    """Route warnings and log records to stdout (Slicer logs any stderr output as an error)."""
+def _quiet_stderr(redirect_fd: bool) -> Iterator[None]:
+    """Route warnings and log records to stdout: Slicer reports any stderr output as an error.
+
+    Args:
+        redirect_fd: also point file descriptor 2 at stdout for the duration, so that native
+            libraries' messages (e.g. torch's C++ warnings) cannot reach stderr either.
+    """
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stdout)
     handler.setLevel(logging.WARNING)
     handler.setFormatter(logging.Formatter("cnnseg-slicer: %(levelname)s: %(message)s"))
     root.addHandler(handler)
     logging.captureWarnings(True)
+    saved_fd = None
+    if redirect_fd:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            saved_fd = os.dup(2)
+            os.dup2(sys.stdout.fileno(), 2)
     try:
         yield
     finally:
+        if saved_fd is not None:
+            sys.stdout.flush()
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
         logging.captureWarnings(False)
         root.removeHandler(handler)
 
@@ -551,6 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     nothing on stderr unless it fails: then one clear line and a non-zero exit code
     (2 = bad input or option, 130 = cancelled, 1 = unexpected error with its traceback).
     """
+    as_process = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--xml" in argv:
         sys.stdout.write(xml_text())
@@ -564,18 +582,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     from ..core.errors import Cancelled, CnnsegError
 
-    with _log_to_stdout():
-        try:
+    try:
+        with _quiet_stderr(redirect_fd=as_process):
             run_segmentation(args)
-        except Cancelled as exc:
-            print(f"cnnseg-slicer: {exc}", file=sys.stderr)
-            return EXIT_CANCELLED
-        except CnnsegError as exc:
-            print(f"cnnseg-slicer: error: {exc}", file=sys.stderr)
-            return EXIT_USER_ERROR
-        except KeyboardInterrupt:
-            print("cnnseg-slicer: interrupted", file=sys.stderr)
-            return EXIT_CANCELLED
+    except Cancelled as exc:
+        print(f"cnnseg-slicer: {exc}", file=sys.stderr)
+        return EXIT_CANCELLED
+    except CnnsegError as exc:
+        print(f"cnnseg-slicer: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("cnnseg-slicer: interrupted", file=sys.stderr)
+        return EXIT_CANCELLED
     return 0
 
 
