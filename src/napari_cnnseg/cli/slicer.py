@@ -505,10 +505,8 @@ def run_segmentation(args: argparse.Namespace, stream: TextIO | None = None) -> 
             from ..core.models import save_model
 
             meta = dict(model_meta(model))
-            meta["description"] = (
-                f"{meta.get('description') or 'model'}; fine-tuned in 3D Slicer on scribbles "
-                f"of {Path(args.inputVolume).name}"
-            )
+            note = f"fine-tuned in 3D Slicer on scribbles of {Path(args.inputVolume).name}"
+            meta["description"] = "; ".join(t for t in (meta.get("description"), note) if t)
             save_model(args.outputModel, model, **meta)
 
     progress.stage("segment", "Segmenting")
