@@ -161,7 +161,7 @@ def _groups() -> tuple[Group, ...]:
             Param("float", "overlap", "Tile overlap",
                   "Overlap between tiles as a fraction of the tile (same-padding networks; "
                   "valid-convolution networks tile exactly without it).",
-                  longflag="overlap", default="0.5", constraints=(0.0, 0.9, 0.05)),
+                  longflag="overlap", default="0.25", constraints=(0.0, 0.9, 0.05)),
             Param("integer", "batchSize", "Batch size",
                   "Tiles per forward pass; 0 = automatic.",
                   longflag="batch_size", default="0", constraints=(0, 64, 1)),
