@@ -1,0 +1,247 @@
+"""Qt-free session model behind the docks: segment, live region refresh, fine-tune, undo, autosave."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from napari_cnnseg._autosave import ScribbleStore, image_key
+from napari_cnnseg._session import Session, normalized_entropy
+from napari_cnnseg.core.errors import InputError
+from napari_cnnseg.core.io import Volume
+from napari_cnnseg.core.sample_data import make_phantom
+
+#: tiny configurations of every family (fast on a 2-core CPU)
+TINY = {
+    "patch_classifier": dict(patch_size=9, widths=[4, 4], pool_after=[], fc_widths=[8]),
+    "unet": dict(depth=2, base_width=4),
+    "encoder_decoder": dict(depth=2, base_width=4),
+    "multiscale": dict(widths=[4, 4], head_widths=[8]),
+}
+CLASSES = ["background", "organ", "vessel", "lesion"]
+
+
+@pytest.fixture
+def phantom():
+    return make_phantom(shape=(12, 28, 28), spacing=(2.0, 0.5, 0.5), seed=1)
+
+
+@pytest.fixture
+def session(phantom, tmp_path):
+    image, _ = phantom
+    s = Session(autosave_folder=tmp_path / "autosave")
+    s.set_image(image, name="phantom")
+    s.new_model("unet", CLASSES, **TINY["unet"])
+    return s
+
+
+def _scribbles_from(labels: np.ndarray) -> np.ndarray:
+    """A few thin strokes per class on two slices (value k = class k-1)."""
+    scr = np.zeros(labels.shape, dtype=np.uint8)
+    for z in (3, 8):
+        for c in np.unique(labels[z]):
+            ys, xs = np.nonzero(labels[z] == c)
+            pick = slice(None, None, max(1, len(ys) // 12))
+            scr[z, ys[pick], xs[pick]] = c + 1
+    return scr
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_normalized_entropy_bounds():
+    k = 4
+    uniform = np.full((k, 2, 3, 3), 1.0 / k, dtype=np.float32)
+    onehot = np.zeros((k, 2, 3, 3), dtype=np.float32)
+    onehot[2] = 1.0
+    assert np.allclose(normalized_entropy(uniform), 1.0, atol=1e-5)
+    assert np.allclose(normalized_entropy(onehot), 0.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", list(TINY))
+def test_segment_every_family(phantom, tmp_path, family):
+    image, _ = phantom
+    s = Session(autosave_folder=tmp_path)
+    s.set_image(image, name="phantom")
+    s.new_model(family, CLASSES, **TINY[family])
+    res = s.segment()
+    shape = image.array.shape
+    assert res.labels.shape == shape and res.labels.dtype == np.uint8
+    assert res.probabilities.shape == (len(CLASSES), *shape)
+    assert np.allclose(res.probabilities.sum(0), 1.0, atol=1e-4)
+    assert np.array_equal(res.labels, res.probabilities.argmax(0))
+    assert res.uncertainty.min() >= 0.0 and res.uncertainty.max() <= 1.0
+    assert s.class_names == CLASSES
+    assert family.split("_")[0].lower()[:4] in s.describe_model().lower().replace("-", "")
+
+
+def test_region_equals_whole_and_applies_in_place(session):
+    res = session.segment()
+    labels_id, probs_id = id(res.labels), id(res.probabilities)
+    roi = session.slice_roi(0, 5)
+    upd = session.predict_region(roi)
+    assert upd.probabilities.shape == (4, 1, 28, 28)
+    np.testing.assert_allclose(upd.probabilities, res.probabilities[:, 5:6], atol=1e-5)
+    # a region computed with newer weights is written into the same arrays
+    with torch.no_grad():
+        for p in session.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    session._weights_step += 1
+    upd2 = session.predict_region(session.slice_roi(1, 7))
+    before = res.probabilities.copy()
+    assert session.apply_region(upd2)
+    assert id(session.results.labels) == labels_id and id(session.results.probabilities) == probs_id
+    np.testing.assert_array_equal(res.probabilities[:, :, 7:8], upd2.probabilities)
+    outside = np.ones(before.shape, bool)
+    outside[:, :, 7] = False
+    np.testing.assert_array_equal(res.probabilities[outside], before[outside])
+    # an update older than the results is ignored
+    assert not session.apply_region(upd)
+
+
+def test_finetune_live_refresh_then_undo_restores_exact_weights(session, phantom):
+    _, labels = phantom
+    session.segment()
+    w0 = _weights(session.model)
+    seen = []
+    out = session.finetune(
+        _scribbles_from(labels.array),
+        steps=4,
+        update_every=2,
+        batch_size=2,
+        crop_shape=(4, 12, 12),
+        region=lambda: session.slice_roi(0, 3),
+        on_region=seen.append,
+    )
+    assert out.region_updates == 2 and len(seen) == 2
+    assert all(u.probabilities.shape == (4, 1, 28, 28) for u in seen)
+    assert len(out.losses) == 4 and all(np.isfinite(out.losses))
+    assert out.results is session.results and out.results.labels.shape == (12, 28, 28)
+    w1 = _weights(session.model)
+    assert any(not torch.equal(w0[k], w1[k]) for k in w0)
+    assert session.can_undo
+    assert session.undo()
+    w2 = _weights(session.model)
+    assert all(torch.equal(w0[k], w2[k]) for k in w0)
+    assert not session.can_undo and not session.undo()
+
+
+def test_stop_keeps_weights_and_refreshes(session, phantom):
+    _, labels = phantom
+    w0 = _weights(session.model)
+    calls = []
+
+    def cancel() -> bool:
+        calls.append(1)
+        return len(calls) > 2  # stop after two steps
+
+    out = session.finetune(
+        _scribbles_from(labels.array), steps=50, batch_size=2, crop_shape=(4, 12, 12),
+        cancel=cancel,
+    )
+    assert out.stopped and out.results is not None
+    assert any(not torch.equal(w0[k], v) for k, v in session.model.state_dict().items())
+    assert session.undo()
+    assert all(torch.equal(w0[k], v) for k, v in session.model.state_dict().items())
+
+
+def test_failed_finetune_leaves_model_and_undo_stack(session, phantom):
+    _, labels = phantom
+    w0 = _weights(session.model)
+    with pytest.raises(InputError):
+        session.finetune(_scribbles_from(labels.array), steps=2, batch_size=0)
+    assert not session.can_undo
+    assert all(torch.equal(w0[k], v) for k, v in session.model.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros((12, 28, 28), np.uint8), "paint"),
+        (np.ones((12, 28, 27), np.uint8), "grid"),
+        (np.full((12, 28, 28), 9, np.uint8), "classes"),
+        (np.ones((12, 28, 28), np.float32), "integers"),
+    ],
+)
+def test_bad_scribbles_say_what_to_do(session, bad, match):
+    with pytest.raises(InputError, match=match):
+        session.check_scribbles(bad)
+
+
+def test_channel_mismatch_and_missing_pieces(phantom, tmp_path):
+    image, _ = phantom
+    s = Session(autosave_folder=tmp_path)
+    with pytest.raises(InputError, match="no image"):
+        s.check_ready()
+    two = Volume(np.stack([image.array, image.array]), spacing=image.spacing)
+    s.set_image(two, name="two channels")
+    with pytest.raises(InputError, match="no model"):
+        s.check_ready()
+    s.new_model("unet", CLASSES, in_channels=1, **TINY["unet"])
+    with pytest.raises(InputError, match="channel"):
+        s.segment()
+    with pytest.raises(InputError, match="family"):
+        s.new_model("resnet")
+
+
+def test_save_model_round_trip(session, tmp_path):
+    from napari_cnnseg.core.models import load_model
+
+    path = session.save_model(tmp_path / "tuned")
+    loaded = load_model(path)
+    assert loaded.meta["class_names"] == CLASSES
+    for k, v in session.model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k])
+
+
+# ------------------------------------------------------------------ autosave
+def test_autosave_round_trip_and_reload_in_new_session(session, phantom, tmp_path):
+    image, labels = phantom
+    scr = _scribbles_from(labels.array)
+    path = session.autosave_scribbles(scr)
+    assert path.is_file() and path.parent == tmp_path / "autosave"
+    # a new session (e.g. after a restart) on the same image finds them again
+    again = Session(autosave_folder=tmp_path / "autosave")
+    again.set_image(image.with_array(image.array.copy()), name="phantom")
+    np.testing.assert_array_equal(again.load_scribbles(), scr)
+    # another image does not
+    other = Session(autosave_folder=tmp_path / "autosave")
+    other.set_image(image.with_array(image.array + 1.0), name="phantom")
+    assert other.load_scribbles() is None
+
+
+def test_autosave_survives_crash_during_save(tmp_path, monkeypatch):
+    store = ScribbleStore("abc", tmp_path)
+    first = np.zeros((5, 6, 7), np.uint8)
+    first[2, 3, 4] = 2
+    store.save(first)
+    second = first.copy()
+    second[1, 1, 1] = 1
+
+    def crash(*args, **kwargs):
+        raise OSError("simulated power cut")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        store.save(second)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["abc.npz"]  # no temp files left
+    np.testing.assert_array_equal(ScribbleStore("abc", tmp_path).load(), first)
+    # a truncated file (crash of a non-atomic writer) is ignored, not fatal
+    store.path.write_bytes(store.path.read_bytes()[:40])
+    assert store.load() is None
+    # a file for another grid is ignored
+    store.save(first)
+    assert store.load((5, 6, 8)) is None
+
+
+def test_image_key_is_stable_and_discriminating():
+    a = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    assert image_key(a) == image_key(a.copy())
+    assert image_key(a) != image_key(a + 1)
+    assert image_key(a) != image_key(a, spacing=(2.0, 1.0, 1.0))
+    assert image_key(a, source_path="/x/y.nii") == image_key(a + 5, source_path="/x/y.nii")
