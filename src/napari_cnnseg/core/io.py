@@ -375,6 +375,16 @@ def _read_dicom(folder: Path, channel: int | None, all_channels: bool) -> Volume
     return vol
 
 
+def is_dicom_file(path: Path) -> bool:
+    """A DICOM Part 10 file (any name) has ``DICM`` at byte 128."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
 # ----------------------------------------------------------------------------- dispatch
 
 
@@ -410,7 +420,7 @@ def read_volume(path: str | os.PathLike, *, channel: int | None = None,
         fmt, vol = _suffix(p, SITK_SUFFIXES).lstrip("."), _read_sitk(p, channel, all_channels)
     elif _suffix(p, TIFF_SUFFIXES):
         fmt, vol = "tiff", _read_tiff(p, channel, all_channels)
-    elif _suffix(p, DICOM_SUFFIXES):
+    elif _suffix(p, DICOM_SUFFIXES) or is_dicom_file(p):
         fmt, vol = "dicom", _read_dicom(p.parent, channel, all_channels)
     else:
         raise VolumeReadError(

@@ -1,0 +1,241 @@
+"""napari reader, writers and sample data: a thin layer over :mod:`napari_cnnseg.core.io`.
+
+Layers made here get ``scale = spacing`` and ``translate = origin`` (both (z, y, x)), so layers
+on the same grid overlay in napari; the full geometry (including the direction matrix, which
+napari's ``scale``/``translate`` cannot carry) rides in
+``layer.metadata["cnnseg_geometry"] = {"spacing", "origin", "direction", "source"}``.
+The writers put the data back on that geometry, so an exported segmentation lands exactly on
+its source in any viewer (3D Slicer, ITK-SNAP, ...).
+
+This module imports neither napari nor Qt at import time: npe2 calls plain functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .core.io import (
+    READ_SUFFIXES,
+    WRITE_SUFFIXES,
+    Volume,
+    is_dicom_file,
+    read_volume,
+    write_volume,
+)
+
+logger = logging.getLogger(__name__)
+
+GEOMETRY_KEY = "cnnseg_geometry"
+#: file names holding one of these (lower case) open as a Labels layer when the data are integers
+LABEL_NAME_HINTS = ("_seg", "seg_", "label", "mask", "annotation")
+#: metadata entries copied from a Volume into layer.metadata (JSON-able, small)
+_KEPT_METADATA = ("class_names", "format", "unit")
+
+LayerData = tuple[Any, dict[str, Any], str]
+
+
+# ----------------------------------------------------------------------------- conversions
+
+
+def volume_to_layer_kwargs(volume: Volume, *, name: str | None = None) -> dict[str, Any]:
+    """napari layer keyword arguments for a volume: ``name``, ``scale``, ``translate``, ``metadata``.
+
+    Args:
+        volume: the :class:`~napari_cnnseg.core.io.Volume`; (Z, Y, X) or (C, Z, Y, X).
+        name: layer name; default ``volume.metadata["name"]`` or the source file stem.
+
+    Returns:
+        kwargs for ``viewer.add_image`` / ``add_labels`` / a layer data tuple. For a
+        (C, Z, Y, X) volume, ``scale``/``translate`` have 3 entries: use ``channel_axis=0``.
+    """
+    source = volume.metadata.get("source")
+    if name is None:
+        name = volume.metadata.get("name") or (_stem(source) if source else "volume")
+    metadata: dict[str, Any] = {GEOMETRY_KEY: {**volume.geometry(), "source": source}}
+    metadata.update({k: volume.metadata[k] for k in _KEPT_METADATA if k in volume.metadata})
+    return {
+        "name": str(name),
+        "scale": tuple(float(s) for s in volume.spacing),
+        "translate": tuple(float(o) for o in volume.origin),
+        "metadata": metadata,
+    }
+
+
+def layer_to_volume(
+    data: Any,
+    metadata: dict[str, Any] | None = None,
+    scale: Sequence[float] | None = None,
+    translate: Sequence[float] | None = None,
+) -> Volume:
+    """Rebuild a :class:`Volume` from a layer's data and attributes.
+
+    The geometry recorded by :func:`volume_to_layer_kwargs` wins, unless the layer's ``scale``
+    was changed since (then ``scale``/``translate`` are used with the recorded direction).
+    Layers that never had a recorded geometry get ``scale``/``translate`` and an identity
+    direction.
+
+    Args:
+        data: layer data, (Z, Y, X) or (C, Z, Y, X); numpy, dask or zarr.
+        metadata: ``layer.metadata``.
+        scale: ``layer.scale`` (its last three entries are (z, y, x)).
+        translate: ``layer.translate``.
+    """
+    metadata = dict(metadata or {})
+    geometry = metadata.get(GEOMETRY_KEY) or {}
+    kept = {k: metadata[k] for k in _KEPT_METADATA if k in metadata}
+    if geometry.get("source"):
+        kept["source"] = geometry["source"]
+    layer_scale = None if scale is None else tuple(float(s) for s in list(scale)[-3:])
+    layer_origin = None if translate is None else tuple(float(t) for t in list(translate)[-3:])
+    if geometry and (layer_scale is None or np.allclose(layer_scale, geometry["spacing"], rtol=1e-9)):
+        spacing, origin = geometry["spacing"], geometry["origin"]
+        if layer_origin is not None and not np.allclose(layer_origin, origin, rtol=1e-9, atol=1e-9):
+            logger.warning("layer was moved (translate %s != origin %s); writing the layer's translate",
+                           layer_origin, origin)
+            origin = layer_origin
+    else:
+        if geometry:
+            logger.warning("layer scale %s differs from its recorded spacing %s; writing the layer's scale",
+                           layer_scale, geometry["spacing"])
+        spacing = layer_scale or (1.0, 1.0, 1.0)
+        origin = layer_origin or (0.0, 0.0, 0.0)
+    direction = geometry.get("direction", np.eye(3))
+    return Volume(data, tuple(spacing), tuple(origin), np.asarray(direction, dtype=float), kept)
+
+
+def _stem(path: str | os.PathLike) -> str:
+    name = Path(path).name
+    for s in sorted(READ_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(s):
+            return name[: -len(s)] or name
+    return name
+
+
+def _looks_like_labels(path: str, volume: Volume) -> bool:
+    if not np.issubdtype(volume.array.dtype, np.integer) and volume.array.dtype != bool:
+        return False
+    if volume.metadata.get("class_names"):
+        return True
+    return any(h in Path(path).name.lower() for h in LABEL_NAME_HINTS)
+
+
+# ----------------------------------------------------------------------------- reader
+
+
+def _supported(path: str) -> bool:
+    p = Path(path)
+    name = p.name.lower()
+    if name.endswith(READ_SUFFIXES):
+        return p.exists()
+    if p.is_dir():
+        try:
+            entries = list(p.iterdir())
+        except OSError:
+            return False
+        return any(e.name in (".zgroup", ".zarray", "zarr.json") for e in entries) or any(
+            e.is_file() and (e.name.lower().endswith(".dcm") or is_dicom_file(e)) for e in entries[:50]
+        )
+    return p.is_file() and is_dicom_file(p)
+
+
+def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
+    """npe2 reader hook: a reader function for volumes core.io can read, else None.
+
+    Never raises: anything unexpected means "not for this plugin" (None).
+    """
+    try:
+        paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+        if paths and all(_supported(str(p)) for p in paths):
+            return read_layers
+    except Exception:  # noqa: BLE001 - a reader hook must not raise
+        logger.debug("get_reader(%r) failed", path, exc_info=True)
+    return None
+
+
+def read_layers(path: str | list[str]) -> list[LayerData]:
+    """Read one or several paths into napari layer data tuples (Image or Labels)."""
+    paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+    layers: list[LayerData] = []
+    for p in paths:
+        p = str(p)
+        volume = read_volume(p, all_channels=True)
+        kwargs = volume_to_layer_kwargs(volume)
+        if _looks_like_labels(p, volume):
+            if volume.array.ndim == 4:
+                volume = volume.with_array(volume.array[0])
+                logger.warning("%s: labels with several channels; showing channel 0", p)
+            layers.append((volume.array, kwargs, "labels"))
+        else:
+            if volume.array.ndim == 4:
+                kwargs["channel_axis"] = 0
+            layers.append((volume.array, kwargs, "image"))
+    return layers
+
+
+# ----------------------------------------------------------------------------- writers
+
+
+def _smallest_label_dtype(data: np.ndarray) -> np.ndarray:
+    """napari labels are often int32/int64: store them as the smallest unsigned type that fits."""
+    if data.dtype == bool:
+        return data.astype(np.uint8)
+    if data.size and np.issubdtype(data.dtype, np.integer) and data.min() >= 0:
+        top = int(data.max())
+        for dt in (np.uint8, np.uint16, np.uint32):
+            if top <= np.iinfo(dt).max:
+                return data.astype(dt, copy=False)
+    return data
+
+
+def _write(path: str, data: Any, meta: dict[str, Any], labels: bool) -> list[str]:
+    meta = meta or {}
+    array = np.asarray(data)
+    if labels:
+        array = _smallest_label_dtype(array)
+    volume = layer_to_volume(array, meta.get("metadata"), meta.get("scale"), meta.get("translate"))
+    if meta.get("name"):
+        volume.metadata.setdefault("name", meta["name"])
+    if not str(path).lower().endswith(WRITE_SUFFIXES):
+        path = f"{path}.nii.gz"
+    return [str(write_volume(path, volume))]
+
+
+def write_image(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+    """npe2 single-layer writer for Image layers; returns the written paths."""
+    return _write(path, data, meta, labels=False)
+
+
+def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+    """npe2 single-layer writer for Labels layers (stored as the smallest unsigned dtype)."""
+    return _write(path, data, meta, labels=True)
+
+
+# ----------------------------------------------------------------------------- sample data
+
+
+def _sample(image: Volume, labels: Volume, image_name: str, labels_name: str) -> list[LayerData]:
+    img_kwargs = volume_to_layer_kwargs(image, name=image_name)
+    lab_kwargs = volume_to_layer_kwargs(labels, name=labels_name)
+    return [(image.array, img_kwargs, "image"), (labels.array, lab_kwargs, "labels")]
+
+
+def sample_phantom() -> list[LayerData]:
+    """Synthetic 4-class phantom (48, 96, 96) at (2, 0.5, 0.5) mm, with its ground truth."""
+    from .core.sample_data import make_phantom
+
+    image, labels = make_phantom()
+    return _sample(image, labels, "phantom", "phantom ground truth")
+
+
+def sample_brain_mri() -> list[LayerData]:
+    """Real T1 head MRI (ITK example, Apache-2.0) with its brain mask."""
+    from .core.sample_data import load_brain_t1
+
+    image, mask = load_brain_t1()
+    return _sample(image, mask, "brain T1", "brain mask")
