@@ -85,7 +85,7 @@ def make_phantom(
     labels[organ] = 1
     rmin = float(half.min())
     # vessels: curved tubes crossing the organ along x or y
-    n_vessels = 3
+    n_vessels = 5
     t = np.linspace(-1.0, 1.0, 4 * max(shape))
     vessel = np.zeros(shape, dtype=bool)
     tube_r = max(0.08 * rmin, 0.75 * float(sp.max()), 1.5 * float(sp.min()))
@@ -110,12 +110,12 @@ def make_phantom(
     # lesions: a few balls well inside the organ
     inner = (z / radii[0]) ** 2 + (y / radii[1]) ** 2 + (x / radii[2]) ** 2 < 0.45
     candidates = np.argwhere(inner & (labels == 1))
-    for _ in range(4):
+    for _ in range(6):
         if len(candidates) == 0:
             break
         c = candidates[rng.integers(len(candidates))]
         centre = (c + 0.5) * sp - half
-        r = rng.uniform(0.10, 0.18) * rmin
+        r = rng.uniform(0.10, 0.20) * rmin
         r = max(r, 1.5 * float(sp.max()))
         ball = (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 < r * r
         labels[ball & organ] = 3
