@@ -335,3 +335,44 @@ def test_damaged_geometry_record(tmp_path):
     group.attrs["cnnseg"] = json.dumps({"spacing": [1, 1, 1]})
     with pytest.raises(VolumeReadError, match="geometry"):
         read_volume(path)
+
+
+@pytest.mark.parametrize("ext", [".mhd", ".nhdr"])
+def test_detached_header_without_its_data_file(tmp_path, ext):
+    path = write_volume(tmp_path / f"v{ext}", oblique_volume())
+    for data_file in tmp_path.iterdir():
+        if data_file != path:
+            data_file.unlink()
+    with pytest.raises(VolumeReadError, match="data file .* missing"):
+        read_volume(path)
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nrrd", ".tif", ".zarr"])
+def test_bool_and_float16_are_stored_portably(tmp_path, ext):
+    mask = Volume(np.eye(4, dtype=bool)[None].repeat(2, axis=0))
+    half = Volume(np.linspace(0, 1, 32, dtype=np.float16).reshape(2, 4, 4))
+    back_mask = read_volume(write_volume(tmp_path / f"m{ext}", mask))
+    back_half = read_volume(write_volume(tmp_path / f"h{ext}", half))
+    assert back_mask.array.dtype == np.uint8 and back_half.array.dtype == np.float32
+    np.testing.assert_array_equal(back_mask.array, mask.array)
+    np.testing.assert_array_equal(back_half.array, half.array.astype(np.float32))
+
+
+def test_dicom_file_selects_its_own_series(tmp_path):
+    a = Volume(np.full((3, 8, 8), 100, np.int16), spacing=(2.0, 1.0, 1.0))
+    write_dicom_series(tmp_path, a)
+    b = Volume(np.full((2, 8, 8), 7, np.int16), spacing=(3.0, 1.0, 1.0), origin=(50.0, 0.0, 0.0))
+    other = tmp_path / "other"
+    other.mkdir()
+    write_dicom_series(other, b)
+    for f in sorted(other.iterdir()):  # a second, smaller series beside the first
+        uid = "1.2.826.0.1.3680043.2.1125.1.43"
+        image = sitk.ReadImage(str(f))
+        image.SetMetaData("0020|000e", uid)
+        image.SetMetaData("0008|0018", f"{uid}.{f.stem[-1]}")
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(tmp_path / f"b_{f.name}"))
+        writer.Execute(image)
+    assert read_volume(tmp_path).shape == (3, 8, 8)  # the folder: the largest series
+    assert read_volume(tmp_path / "b_slice001.dcm").shape == (2, 8, 8)

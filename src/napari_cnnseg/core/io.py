@@ -243,15 +243,21 @@ def volume_from_sitk(image: Any, *, channel: int | None = None, all_channels: bo
     return Volume(np.ascontiguousarray(array), spacing, origin, direction, meta)
 
 
+def _storable(array: Any) -> np.ndarray:
+    """numpy array in a dtype every format stores: bool -> uint8, float16 -> float32."""
+    array = np.asarray(array)
+    if array.dtype == bool:
+        return array.astype(np.uint8)
+    if array.dtype == np.float16:
+        return array.astype(np.float32)
+    return array
+
+
 def volume_to_sitk(volume: Volume) -> Any:
     """Convert a :class:`Volume` to a ``SimpleITK.Image`` (channels become vector pixels)."""
     import SimpleITK as sitk
 
-    array = np.asarray(volume.array)
-    if array.dtype == bool:
-        array = array.astype(np.uint8)
-    elif array.dtype == np.float16:
-        array = array.astype(np.float32)
+    array = _storable(volume.array)
     if array.ndim == 4:
         image = sitk.GetImageFromArray(np.moveaxis(array, 0, -1), isVector=True)
     else:
@@ -322,11 +328,34 @@ def _check_nifti(path: Path) -> None:
         )
 
 
+def _check_data_file(header: Path) -> None:
+    """A detached header (.nhdr / .mhd) must find its data file."""
+    key = "data file:" if header.name.lower().endswith(".nhdr") else "elementdatafile"
+    try:
+        lines = header.read_bytes()[:65536].decode("latin-1").splitlines()
+    except OSError as exc:
+        raise VolumeReadError(f"cannot read {header}: {exc}") from exc
+    for line in lines:
+        low = line.strip().lower()
+        if low.startswith(key) or (key == "data file:" and low.startswith("datafile:")):
+            name = line.split("=" if key == "elementdatafile" else ":", 1)[-1].strip()
+            if name.upper() in ("LOCAL", "LIST") or name.startswith("LIST") or "%" in name:
+                return  # inline data or a file list: let ITK check
+            if not (header.parent / name).exists() and not Path(name).exists():
+                raise VolumeReadError(
+                    f"{header.name} points at the data file {name!r}, which is missing next to it; "
+                    "copy the data file along with the header"
+                )
+            return
+
+
 def _read_sitk(path: Path, channel: int | None, all_channels: bool) -> Volume:
     import SimpleITK as sitk
 
     if path.name.lower().endswith((".nii", ".nii.gz")):
         _check_nifti(path)
+    elif path.name.lower().endswith((".nhdr", ".mhd")):
+        _check_data_file(path)
     try:
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
@@ -344,7 +373,8 @@ def _read_sitk(path: Path, channel: int | None, all_channels: bool) -> Volume:
     return volume_from_sitk(image, channel=channel, all_channels=all_channels, path=path)
 
 
-def _read_dicom(folder: Path, channel: int | None, all_channels: bool) -> Volume:
+def _read_dicom(folder: Path, channel: int | None, all_channels: bool,
+                prefer: Path | None = None) -> Volume:
     import SimpleITK as sitk
 
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
@@ -356,6 +386,8 @@ def _read_dicom(folder: Path, channel: int | None, all_channels: bool) -> Volume
     # the series with the most slices, if the folder holds several
     files = {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series}
     sid = max(series, key=lambda s: len(files[s]))
+    if prefer is not None:  # the series of the file the user gave
+        sid = next((s for s in series if any(Path(f).resolve() == prefer.resolve() for f in files[s])), sid)
     if len(series) > 1:
         logger.warning("%s holds %d DICOM series; reading %s (%d slices)",
                        folder, len(series), sid, len(files[sid]))
@@ -421,7 +453,7 @@ def read_volume(path: str | os.PathLike, *, channel: int | None = None,
     elif _suffix(p, TIFF_SUFFIXES):
         fmt, vol = "tiff", _read_tiff(p, channel, all_channels)
     elif _suffix(p, DICOM_SUFFIXES) or is_dicom_file(p):
-        fmt, vol = "dicom", _read_dicom(p.parent, channel, all_channels)
+        fmt, vol = "dicom", _read_dicom(p.parent, channel, all_channels, prefer=p)
     else:
         raise VolumeReadError(
             f"unknown file type {p.name!r}; supported: {', '.join(READ_SUFFIXES)} "
@@ -438,7 +470,7 @@ def write_volume(path: str | os.PathLike, volume: Volume) -> Path:
 
     NIfTI stores geometry as float32 (and converts LPS to RAS); NRRD, MetaImage, TIFF
     (our private tag + OME metadata) and Zarr (OME-Zarr 0.4 + ``cnnseg`` attributes) keep
-    float64. ``bool`` is written as uint8 and float16 as float32 (except TIFF/Zarr).
+    float64. ``bool`` is written as uint8 and float16 as float32.
 
     Args:
         path: destination; ``.nii``/``.nii.gz``/``.nrrd``/``.nhdr``/``.mha``/``.mhd``/
@@ -648,9 +680,7 @@ def _read_tiff(path: Path, channel: int | None, all_channels: bool) -> Volume:
 def _write_tiff(path: Path, volume: Volume) -> None:
     import tifffile
 
-    data = np.asarray(volume.array)
-    if data.dtype == bool:
-        data = data.astype(np.uint8)
+    data = _storable(volume.array)
     axes = "CZYX" if data.ndim == 4 else "ZYX"
     meta: dict[str, Any] = {"axes": axes}
     unit = volume.metadata.get("unit")
@@ -732,9 +762,7 @@ def _read_zarr(path: Path, channel: int | None, all_channels: bool) -> Volume:
 def _write_zarr(path: Path, volume: Volume) -> None:
     import zarr
 
-    data = np.asarray(volume.array)
-    if data.dtype == bool:
-        data = data.astype(np.uint8)
+    data = _storable(volume.array)
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
     chunks = tuple(min(s, 64) for s in data.shape[-3:])
     if data.ndim == 4:
