@@ -1,0 +1,421 @@
+"""Tiled dense prediction: class probabilities of a 3D volume, on CPU or GPU, in bounded memory.
+
+:func:`predict` runs any network of :mod:`napari_cnnseg.core.models` (or a foreign module
+wrapped with :func:`wrap_module`) over a (Z, Y, X) or (C, Z, Y, X) image in tiles:
+
+* valid-convolution nets: exact overlap-tile with mirror padding (equals one pass over the
+  whole mirror-padded volume, no blending) - see :mod:`napari_cnnseg.core.tiling`;
+* same-padding nets: overlapping tiles whose logits are blended with MONAI's Gaussian map at
+  MONAI's scan positions (equals ``sliding_window_inference`` up to float rounding);
+  probabilities are the softmax of the blended logits.
+
+Speed: tiles are batched, weights and tiles use ``channels_last_3d``, eval-mode BatchNorm is
+folded into convolutions, ``torch.inference_mode()``; reduced precision (bf16 on CPUs with
+native bf16, fp16/bf16 on GPUs) runs under autocast. The output is allocated once (or given
+as ``out=``, e.g. a zarr array) and filled batch by batch; blended nets accumulate into a
+slab of one tile row only, so memory is bounded by the tiles, not the volume.
+
+``precision="auto"`` uses reduced precision only where the device runs it natively AND a
+probe tile agrees with fp32: argmax agreement >= :data:`AUTO_MIN_ARGMAX_AGREEMENT` and mean
+absolute probability difference <= :data:`AUTO_MAX_MEAN_ABS_DIFF` (decision cached per model
+weights, device and tile shape).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import tiling
+from .devices import precision_dtype, reduced_precision_dtype, resolve_device
+from .errors import DeviceError, InputError
+from .jobs import CancelFn, ProgressFn, check_cancel, report
+from .netprep import NetSpec, WrappedNet, inference_copy, network_spec, wrap_module
+from .normalization import DEFAULT_NORMALIZATION, apply_stats, compute_stats
+
+log = logging.getLogger(__name__)
+
+__all__ = ["predict", "wrap_module", "WrappedNet", "default_tile_shape", "softmax_"]
+
+#: default tile edge (input voxels per axis) on CPU and GPU
+DEFAULT_TILE = 96
+#: default overlap of blended (same-padding) tiles, fraction of the tile
+DEFAULT_OVERLAP = 0.25
+#: precision="auto": minimum fraction of probe voxels whose argmax matches fp32
+AUTO_MIN_ARGMAX_AGREEMENT = 0.999
+#: precision="auto": maximum mean |p_reduced - p_fp32| over the probe tile
+AUTO_MAX_MEAN_ABS_DIFF = 0.005
+
+_AUTO_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class _ChannelView:
+    """(1, Z, Y, X) view of a lazy 3D array (zarr) without reading it."""
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+        self.shape = (1, *array.shape)
+        self.dtype = array.dtype
+        self.ndim = 4
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        return np.asarray(self.array[key[1:]])[None]
+
+
+def _as_czyx(image: Any) -> Any:
+    if not hasattr(image, "shape") or not hasattr(image, "ndim"):
+        image = np.asarray(image)
+    if image.ndim == 3:
+        return image[None] if isinstance(image, np.ndarray) or hasattr(image, "dask") else _ChannelView(image)
+    if image.ndim == 4:
+        return image
+    raise InputError(
+        f"expected a 3D image (Z, Y, X) or (C, Z, Y, X), got shape {tuple(image.shape)}"
+    )
+
+
+def _region(roi: Any, shape: Sequence[int]) -> list[tuple[int, int]]:
+    if roi is None:
+        return [(0, int(n)) for n in shape]
+    if len(roi) != 3:
+        raise InputError(f"roi must be 3 slices (z, y, x), got {roi!r}")
+    out = []
+    for sl, n in zip(roi, shape, strict=True):
+        if not isinstance(sl, slice):
+            raise InputError(f"roi must be 3 slices (z, y, x), got {roi!r}")
+        start, stop, step = sl.indices(int(n))
+        if step != 1 or stop <= start:
+            raise InputError(f"roi slice {sl} selects nothing on an axis of {n} voxels (step must be 1)")
+        out.append((start, stop))
+    return out
+
+
+def default_tile_shape(spec: NetSpec, region_shape: Sequence[int],
+                       tile_shape: Sequence[int] | int | None = None) -> tuple[int, int, int]:
+    """Tile input shape (Z, Y, X) the net accepts: the requested (default 96^3) or smaller.
+
+    Never larger than needed to cover ``region_shape`` in one tile; for valid nets the tile
+    output is at least one lattice step.
+    """
+    req = (DEFAULT_TILE,) * 3 if tile_shape is None else tile_shape
+    req = (int(req),) * 3 if isinstance(req, (int, np.integer)) else tuple(int(t) for t in req)
+    if len(req) != 3 or min(req) < 1:
+        raise InputError(f"tile shape must be 3 positive integers (z, y, x), got {tile_shape!r}")
+    m, p = spec.margin, spec.lattice
+    if spec.padding == "valid":
+        lo = spec.valid_input_shape([2 * mi + pi for mi, pi in zip(m, p, strict=True)])
+        need = spec.valid_input_shape([n + 2 * mi for n, mi in zip(region_shape, m, strict=True)])
+        want = spec.valid_input_shape([max(r, low) for r, low in zip(req, lo, strict=True)])
+    else:
+        need = spec.valid_input_shape(region_shape)
+        want = spec.valid_input_shape(req)
+    return tuple(min(w, n) for w, n in zip(want, need, strict=True))  # type: ignore[return-value]
+
+
+def _overlap3(overlap: Any) -> tuple[float, float, float]:
+    ov = DEFAULT_OVERLAP if overlap is None else overlap
+    ov = (float(ov),) * 3 if isinstance(ov, (int, float)) else tuple(float(o) for o in ov)
+    if len(ov) != 3 or not all(0.0 <= o < 1.0 for o in ov):
+        raise InputError(f"overlap must be in [0, 1) (fraction of the tile), got {overlap!r}")
+    return ov  # type: ignore[return-value]
+
+
+def softmax_(logits: np.ndarray) -> np.ndarray:
+    """In-place softmax over axis 0 of a float32 (K, ...) array; returns it."""
+    logits -= logits.max(axis=0, keepdims=True)
+    np.exp(logits, out=logits)
+    logits /= logits.sum(axis=0, keepdims=True)
+    return logits
+
+
+def _weights_version(model: nn.Module) -> int:
+    return sum(int(p._version) for p in model.parameters())
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+class _Runner:
+    """Runs batches of normalised tiles through the fast copy of a net on one device."""
+
+    def __init__(self, spec: NetSpec, device: torch.device, dtype: torch.dtype | None) -> None:
+        self.device = device
+        self.dtype = dtype
+        self.net = inference_copy(spec.net, device)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+        with torch.inference_mode(), _autocast(self.device, self.dtype):
+            y = self.net(x)
+        return y.float().contiguous().cpu().numpy()
+
+
+def _is_oom(exc: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
+    return isinstance(exc, oom) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def _free_device_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()
+
+
+class _TileTooLarge(Exception):
+    """Internal: even one tile does not fit on the device."""
+
+
+def _read_tile(image: Any, tile: tiling.Tile, shape: Sequence[int], stats) -> np.ndarray:
+    return apply_stats(tiling.read_region(image, tile.in_start, shape), stats)
+
+
+def _choose_precision(precision: str, runner_fp32: _Runner, spec: NetSpec, device: torch.device,
+                      probe: np.ndarray) -> torch.dtype | None:
+    if str(precision).lower() != "auto":
+        return precision_dtype(precision, device)
+    reduced = reduced_precision_dtype(device)
+    if reduced is None:
+        return None
+    key = (str(device), _weights_version(spec.net), probe.shape[1:], str(reduced))
+    cache = _AUTO_CACHE.setdefault(spec.net, {})
+    if key in cache:
+        return cache[key]
+    ref = softmax_(runner_fp32(probe[None])[0])
+    runner_fp32.dtype = reduced
+    try:
+        low = softmax_(runner_fp32(probe[None])[0])
+    finally:
+        runner_fp32.dtype = None
+    agree = float((ref.argmax(0) == low.argmax(0)).mean())
+    diff = float(np.abs(ref - low).mean())
+    ok = agree >= AUTO_MIN_ARGMAX_AGREEMENT and diff <= AUTO_MAX_MEAN_ABS_DIFF
+    log.info("precision auto: %s vs fp32 on a probe tile: argmax agreement %.5f, mean |dp| %.2e -> %s",
+             str(reduced).replace("torch.", ""), agree, diff, "use it" if ok else "stay in fp32")
+    cache[key] = reduced if ok else None
+    return cache[key]
+
+
+def _default_batch(n_tiles: int, tile_in: Sequence[int], device: torch.device) -> int:
+    vox = math.prod(tile_in)
+    cap = 4 if vox <= 96**3 else 2
+    if device.type != "cpu":
+        cap = max(1, min(8, (8 * 96**3) // max(vox, 1)))
+    return max(1, min(n_tiles, cap))
+
+
+def predict(
+    image: Any,
+    model: nn.Module,
+    *,
+    tile_shape: Sequence[int] | int | None = None,
+    overlap: float | Sequence[float] | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device = "auto",
+    precision: str = "auto",
+    normalization: dict | None = None,
+    roi: Sequence[slice] | None = None,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+    out: Any = None,
+) -> Any:
+    """Class probabilities of a volume by tiled dense prediction.
+
+    Args:
+        image: (Z, Y, X) or (C, Z, Y, X) numpy, zarr or dask array (read tile by tile).
+        model: a network of ``core.models`` (patch classifiers are made dense), or any module
+            wrapped with :func:`wrap_module`. Never modified (a fast copy runs).
+        tile_shape: tile input (Z, Y, X) or one int; default 96^3, rounded up to a shape the
+            net accepts and shrunk to the volume when smaller.
+        overlap: blended (same-padding) nets only: fraction of the tile shared with each
+            neighbour, scalar or per axis, default 0.25. Valid nets tile exactly, no overlap.
+        batch_size: tiles per forward pass; default 4 (2 for tiles over 96^3) on the CPU.
+        device: "auto" | "cpu" | "cuda" | "cuda:N" | "mps".
+        precision: "auto" | "fp32" | "bf16" | "fp16" (see module docstring).
+        normalization: normalisation spec (``core.normalization``); None -> the model's
+            ``meta["normalization"]`` or the default. Statistics are always computed on the
+            whole image, so an ``roi`` prediction sees the same intensities.
+        roi: 3 slices (z, y, x), step 1: predict only this box. Valid nets: exactly the same
+            values as the box of a whole prediction. Same nets: tiles are laid out for the box
+            (differences to a whole prediction are seam-sized, see docs/inference.md).
+        progress: ``progress(done_tiles, total_tiles)`` after every batch.
+        cancel: ``cancel() -> bool`` polled between batches; raises ``Cancelled``.
+        out: optional preallocated (K, *region) array (numpy, zarr, ...) to fill (float32 or
+            float16); written tile row by tile row.
+
+    Returns:
+        ``out`` or a new float32 numpy array (K, Z, Y, X) (or (K, *roi shape)) of softmax
+        probabilities on the input grid.
+
+    Raises:
+        InputError: bad shapes / options (message says what to pass instead).
+        DeviceError: unknown or unavailable device.
+        Cancelled: ``cancel()`` returned True.
+    """
+    img = _as_czyx(image)
+    spec = network_spec(model)
+    if img.shape[0] != spec.in_channels:
+        raise InputError(
+            f"the model expects {spec.in_channels} channel(s) but the image has {img.shape[0]} "
+            f"(shape {tuple(image.shape)}); pass a (C, Z, Y, X) image with C = {spec.in_channels}"
+        )
+    if min(img.shape[1:]) < 1:
+        raise InputError(f"the image is empty (shape {tuple(image.shape)})")
+    region = _region(roi, img.shape[1:])
+    region_shape = tuple(b - a for a, b in region)
+    out_shape = (spec.num_classes, *region_shape)
+    if out is not None and tuple(out.shape) != out_shape:
+        raise InputError(f"out has shape {tuple(out.shape)}; it must be (K, Z, Y, X) = {out_shape}")
+    if batch_size is not None and (int(batch_size) < 1):
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    ov = _overlap3(overlap)
+    meta = getattr(model, "meta", None) or getattr(spec.net, "meta", None) or {}
+    norm = normalization or meta.get("normalization") or DEFAULT_NORMALIZATION
+    stats = compute_stats(image, norm)
+    dev = resolve_device(device)
+    tile = default_tile_shape(spec, region_shape, tile_shape)
+    if out is None:
+        out = np.empty(out_shape, dtype=np.float32)
+
+    while True:
+        try:
+            _predict_on(img, spec, dev, precision, tile, ov, batch_size, stats, region,
+                        progress, cancel, out)
+            return out
+        except _TileTooLarge:
+            smaller = _shrink_tile(spec, tile)
+            if smaller is not None:
+                log.warning("out of memory on %s with tile %s: retrying with tile %s", dev, tile, smaller)
+                tile = smaller
+                continue
+            if dev.type == "cpu":
+                raise DeviceError(
+                    "out of memory on the CPU even with the smallest tile; free memory or use a "
+                    "smaller model"
+                ) from None
+            log.warning("out of memory on %s even with tile %s: falling back to the CPU", dev, tile)
+            dev = torch.device("cpu")
+            tile = default_tile_shape(spec, region_shape, tile_shape)
+            precision = "fp32" if str(precision).lower() == "fp16" else precision
+
+
+def _shrink_tile(spec: NetSpec, tile: Sequence[int]) -> tuple[int, int, int] | None:
+    if spec.padding == "valid":
+        lo = spec.valid_input_shape([2 * m + p for m, p in zip(spec.margin, spec.lattice, strict=True)])
+    else:
+        lo = spec.valid_input_shape((16, 16, 16))
+    half = spec.valid_input_shape([max(low, t // 2) for low, t in zip(lo, tile, strict=True)])
+    half = tuple(min(h, t) for h, t in zip(half, tile, strict=True))
+    return None if tuple(half) == tuple(tile) else half  # type: ignore[return-value]
+
+
+def _predict_on(img, spec: NetSpec, dev: torch.device, precision: str, tile: Sequence[int],
+                overlap, batch_size, stats, region, progress, cancel, out) -> None:
+    """One attempt on one device with one tile shape; raises _TileTooLarge on OOM at batch 1."""
+    if spec.padding == "valid":
+        layout = tiling.valid_layout(region, tile, spec.output_shape(tile), spec.margin, spec.lattice)
+    else:
+        layout = tiling.same_layout(region, tile, overlap, img.shape[1:])
+    tiles = layout.tiles
+    total = len(tiles)
+    batch = int(batch_size) if batch_size else _default_batch(total, layout.in_shape, dev)
+    log.debug("predict: %d tiles of %s on %s, batch %d", total, layout.in_shape, dev, batch)
+    try:
+        runner = _Runner(spec, dev, None)
+        first = _read_tile(img, tiles[0], layout.in_shape, stats)
+        runner.dtype = _choose_precision(precision, runner, spec, dev, first)
+    except Exception as exc:
+        if _is_oom(exc):
+            _free_device_memory(dev)
+            raise _TileTooLarge from exc
+        raise
+    sink = _BlendSink(out, region, layout) if layout.blend else _DirectSink(out)
+    report(progress, 0, total)
+    done = 0
+    while done < total:
+        check_cancel(cancel, "prediction")
+        chunk = tiles[done:done + batch]
+        inputs = np.stack([_read_tile(img, t, layout.in_shape, stats) for t in chunk])
+        try:
+            logits = runner(inputs)
+        except Exception as exc:
+            if not _is_oom(exc):
+                raise
+            _free_device_memory(dev)
+            if batch == 1:
+                raise _TileTooLarge from exc
+            batch = max(1, batch // 2)
+            log.warning("out of memory on %s: retrying with batch size %d", dev, batch)
+            continue
+        for t, lg in zip(chunk, logits, strict=True):
+            sink.add(t, lg)
+        done += len(chunk)
+        report(progress, done, total)
+    sink.close()
+
+
+class _DirectSink:
+    """Valid nets: each output voxel comes from exactly one tile; write probabilities."""
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+
+    def add(self, tile: tiling.Tile, logits: np.ndarray) -> None:
+        probs = softmax_(logits[(slice(None), *tile.write)])
+        self.out[(slice(None), *tile.dest)] = probs.astype(self.out.dtype, copy=False)
+
+    def close(self) -> None:
+        pass
+
+
+class _BlendSink:
+    """Same nets: Gaussian-weighted logits accumulated in a slab of one tile row.
+
+    Tiles arrive in z-major order, so when a tile starts at region row z0, every row above z0
+    is final: it is normalised, soft-maxed and written to ``out``, and the slab moves down.
+    """
+
+    def __init__(self, out: Any, region, layout: tiling.Layout) -> None:
+        self.out = out
+        k = out.shape[0]
+        ry, rx = (region[1][1] - region[1][0]), (region[2][1] - region[2][0])
+        self.depth = min(layout.in_shape[0], region[0][1] - region[0][0])
+        self.acc = np.zeros((k, self.depth, ry, rx), np.float32)
+        self.wsum = np.zeros((self.depth, ry, rx), np.float32)
+        self.z0 = 0  # region row held in slab row 0
+        self.zend = region[0][1] - region[0][0]
+        self.weights = tiling.gaussian_weights(layout.in_shape)
+
+    def _flush(self, upto: int) -> None:
+        n = min(upto, self.zend, self.z0 + self.depth) - self.z0
+        if n <= 0:
+            return
+        probs = softmax_(self.acc[:, :n] / np.maximum(self.wsum[:n], 1e-12))
+        self.out[:, self.z0:self.z0 + n] = probs.astype(self.out.dtype, copy=False)
+        keep = self.depth - n
+        if keep > 0:
+            self.acc[:, :keep] = self.acc[:, n:].copy()
+            self.wsum[:keep] = self.wsum[n:].copy()
+        self.acc[:, keep:] = 0
+        self.wsum[keep:] = 0
+        self.z0 += n
+
+    def add(self, tile: tiling.Tile, logits: np.ndarray) -> None:
+        dz, dy, dx = tile.dest
+        self._flush(dz.start)
+        w = self.weights[tile.write]
+        rows = slice(dz.start - self.z0, dz.stop - self.z0)
+        self.acc[:, rows, dy, dx] += logits[(slice(None), *tile.write)] * w
+        self.wsum[rows, dy, dx] += w
+
+    def close(self) -> None:
+        self._flush(self.zend)
