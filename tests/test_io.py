@@ -376,3 +376,15 @@ def test_dicom_file_selects_its_own_series(tmp_path):
         writer.Execute(image)
     assert read_volume(tmp_path).shape == (3, 8, 8)  # the folder: the largest series
     assert read_volume(tmp_path / "b_slice001.dcm").shape == (2, 8, 8)
+
+
+def test_lazy_zarr_stays_a_zarr_array(tmp_path):
+    vol = oblique_volume(np.uint16, channels=2)
+    path = write_volume(tmp_path / "big.zarr", vol)
+    lazy = read_volume(path, lazy=True, all_channels=True)
+    assert isinstance(lazy.array, zarr.Array)
+    np.testing.assert_array_equal(lazy.array[1, 2], vol.array[1, 2])
+    assert_same_geometry(lazy, vol, tol=0)
+    np.testing.assert_array_equal(read_volume(path, lazy=True, channel=0).array, vol.array[0])
+    with pytest.raises(InputError, match="channel"):
+        read_volume(path, lazy=True)

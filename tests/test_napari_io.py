@@ -68,6 +68,17 @@ def test_reader_picks_labels_by_name_and_dtype(tmp_path):
         assert kwargs["metadata"][GEOMETRY_KEY]["source"] == path
 
 
+def test_zarr_labels_load_into_memory_images_stay_lazy(tmp_path):
+    import zarr
+
+    labels = str(write_volume(tmp_path / "organ_seg.zarr", oblique(np.ones((3, 4, 5), np.uint8))))
+    image = str(write_volume(tmp_path / "scan.zarr", oblique(np.ones((3, 4, 5), np.float32))))
+    (lab, _, kind), = get_reader(labels)(labels)
+    assert kind == "labels" and isinstance(lab, np.ndarray)  # paintable
+    (img, _, kind), = get_reader(image)(image)
+    assert kind == "image" and isinstance(img, zarr.Array)
+
+
 def test_multichannel_image_uses_channel_axis(tmp_path):
     path = str(write_volume(tmp_path / "two.zarr", oblique(np.zeros((2, 3, 4, 5), np.uint16))))
     (data, kwargs, kind), = get_reader(path)(path)

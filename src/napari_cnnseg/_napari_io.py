@@ -164,13 +164,14 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
     layers: list[LayerData] = []
     for p in paths:
         p = str(p)
-        volume = read_volume(p, all_channels=True)
+        volume = read_volume(p, all_channels=True, lazy=True)  # big Zarr stores stay on disk
         kwargs = volume_to_layer_kwargs(volume)
         if _looks_like_labels(p, volume):
             if volume.array.ndim == 4:
                 volume = volume.with_array(volume.array[0])
                 logger.warning("%s: labels with several channels; showing channel 0", p)
-            layers.append((volume.array, kwargs, "labels"))
+            # labels get painted: load them (a lazy store is opened read-only)
+            layers.append((np.asarray(volume.array), kwargs, "labels"))
         else:
             if volume.array.ndim == 4:
                 kwargs["channel_axis"] = 0

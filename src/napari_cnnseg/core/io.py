@@ -185,7 +185,7 @@ def _select_channel(array: Any, channel: int | None, all_channels: bool, path: P
         return array
     raise InputError(
         f"{path.name} has {n} channels (shape {tuple(array.shape)}); choose one with "
-        f"channel=0..{n - 1} (CLI: --channel)"
+        f"channel=0..{n - 1}"
     )
 
 
@@ -421,7 +421,7 @@ def is_dicom_file(path: Path) -> bool:
 
 
 def read_volume(path: str | os.PathLike, *, channel: int | None = None,
-                all_channels: bool = False) -> Volume:
+                all_channels: bool = False, lazy: bool = False) -> Volume:
     """Read a volume file or DICOM series folder with its geometry.
 
     Args:
@@ -430,6 +430,8 @@ def read_volume(path: str | os.PathLike, *, channel: int | None = None,
             holding one DICOM series, or a single ``.dcm`` file (its whole series is read).
         channel: for multi-channel files, the channel to keep (result (Z, Y, X)).
         all_channels: keep every channel as (C, Z, Y, X) instead of asking for ``channel``.
+        lazy: for Zarr stores in (Z, Y, X) / (C, Z, Y, X) order, return the zarr array itself
+            (voxels load when sliced) instead of a numpy array; other formats always load.
 
     Returns:
         :class:`Volume` with ``metadata["source"]`` (path) and ``metadata["format"]``.
@@ -447,7 +449,7 @@ def read_volume(path: str | os.PathLike, *, channel: int | None = None,
             raise VolumeReadError(f"folder {p} is empty; give a DICOM series folder or a volume file")
         fmt, vol = "dicom", _read_dicom(p, channel, all_channels)
     elif _suffix(p, ZARR_SUFFIXES) or _is_zarr(p):
-        fmt, vol = "zarr", _read_zarr(p, channel, all_channels)
+        fmt, vol = "zarr", _read_zarr(p, channel, all_channels, lazy)
     elif _suffix(p, SITK_SUFFIXES):
         fmt, vol = _suffix(p, SITK_SUFFIXES).lstrip("."), _read_sitk(p, channel, all_channels)
     elif _suffix(p, TIFF_SUFFIXES):
@@ -705,7 +707,7 @@ def _is_zarr_group_attrs(attrs: dict) -> dict:
     return attrs.get("ome", attrs) if isinstance(attrs.get("ome"), dict) else attrs
 
 
-def _read_zarr(path: Path, channel: int | None, all_channels: bool) -> Volume:
+def _read_zarr(path: Path, channel: int | None, all_channels: bool, lazy: bool = False) -> Volume:
     import zarr
 
     try:
@@ -749,9 +751,12 @@ def _read_zarr(path: Path, channel: int | None, all_channels: bool) -> Volume:
         array = node[arrays[0]]
     if array.ndim < 3:
         _check_spatial(tuple(array.shape), path)
-    data = np.asarray(array[...])
-    data = _to_czyx(data, axes or ("CZYX" if data.ndim == 4 else "ZYX"), path)
-    data = _select_channel(data, channel, all_channels, path)
+    axes = axes or ("CZYX" if array.ndim == 4 else "ZYX")
+    if lazy and axes in ("ZYX", "CZYX"):
+        # keep the zarr array: voxels load only when sliced (a channel loads on selection)
+        data = _select_channel(array, channel, all_channels, path)
+    else:
+        data = _select_channel(_to_czyx(np.asarray(array[...]), axes, path), channel, all_channels, path)
     record = attrs.get(GEOMETRY_KEY)
     if record is not None:
         geo = _geometry_from_record(record, path)
