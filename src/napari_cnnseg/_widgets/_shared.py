@@ -327,6 +327,8 @@ _CONTROLLERS: dict[int, tuple[Any, Controller]] = {}
 
 def controller_for(viewer: Any) -> Controller:
     """The controller of ``viewer`` (created on first use, shared by both docks)."""
+    # napari hands plugins a PublicOnlyProxy of the viewer (a new one per dock): unwrap it
+    viewer = getattr(viewer, "__wrapped__", viewer)
     key = id(viewer)
     entry = _CONTROLLERS.get(key)
     if entry is not None:

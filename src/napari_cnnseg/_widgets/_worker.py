@@ -185,9 +185,14 @@ def start_job(
     on_done: Callable[[Any], None] | None = None,
     on_error: Callable[[BaseException], None] | None = None,
     on_finally: Callable[[], None] | None = None,
+    on_created: Callable[[Job], None] | None = None,
 ) -> Job:
-    """Start ``fn(ctx)`` as a job; all callbacks run on the GUI thread. Returns its handle."""
-    return Job(
+    """Start ``fn(ctx)`` as a job; all callbacks run on the GUI thread. Returns its handle.
+
+    ``on_created(job)`` is called before the job starts, so the caller can store the handle
+    (and e.g. cancel from a progress callback) even when the job runs synchronously.
+    """
+    job = Job(
         fn,
         desc=desc,
         on_progress=on_progress,
@@ -195,4 +200,7 @@ def start_job(
         on_done=on_done,
         on_error=on_error,
         on_finally=on_finally,
-    ).start()
+    )
+    if on_created is not None:
+        on_created(job)
+    return job.start()

@@ -386,6 +386,7 @@ class FinetuneWidget(QWidget):
             on_done=done,
             on_error=self._error,
             on_finally=self._job_finished,
+            on_created=self._register_job,
         )
         self._update_buttons()
         return self.ctrl.job
@@ -397,6 +398,10 @@ class FinetuneWidget(QWidget):
             loss = getattr(self, "_loss", None)
             extra = f" · loss {loss:.3f}" if loss is not None else ""
             self.status.setText(f"Fine-tuning: step {done}/{total}{extra}")
+
+    def _register_job(self, job: Any) -> None:
+        self.ctrl.job = job
+        self.ctrl.changed("busy")
 
     def _job_finished(self) -> None:
         self._update_buttons()
@@ -443,6 +448,7 @@ class FinetuneWidget(QWidget):
             on_done=done,
             on_error=failed,
             on_finally=self._job_finished,
+            on_created=self._register_job,
         )
         self._update_buttons()
         return self.ctrl.job

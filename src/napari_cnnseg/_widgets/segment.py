@@ -323,7 +323,7 @@ class SegmentWidget(QWidget):
             self.classes_spin.blockSignals(False)
             self.names_edit.setText(", ".join(class_names))
         names = class_names or self._class_names()
-        in_channels = self._probe_channels()
+        in_channels = int(config.pop("in_channels", 0)) or self._probe_channels()
         return self._set_model(
             lambda: self.session.new_model(family, names, in_channels=in_channels, **config),
             ("new", family),
@@ -401,6 +401,7 @@ class SegmentWidget(QWidget):
             on_done=done,
             on_error=self._error,
             on_finally=self._job_finished,
+            on_created=self._register_job,
         )
         self._update_buttons()
         return self.ctrl.job
@@ -414,6 +415,10 @@ class SegmentWidget(QWidget):
     def _on_progress(self, done: int, total: int) -> None:
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(min(done, max(total, 1)))
+
+    def _register_job(self, job: Any) -> None:
+        self.ctrl.job = job
+        self.ctrl.changed("busy")
 
     def _job_finished(self) -> None:
         self._update_buttons()
