@@ -291,6 +291,10 @@ def test_2d_images(tmp_path):
         read_volume(tmp_path / "flat.tif")
     with pytest.raises(InputError, match="3D volume"):
         Volume(np.zeros((6, 5)))
+    for ext in (".nii.gz", ".tif", ".zarr"):  # a 3D file holding one slice is a 2D image too
+        path = write_volume(tmp_path / f"slice{ext}", Volume(np.zeros((1, 6, 5), np.uint8)))
+        with pytest.raises(InputError, match="2D"):
+            read_volume(path)
 
 
 def test_4d_nifti_needs_a_channel(tmp_path):

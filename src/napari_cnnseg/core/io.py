@@ -461,6 +461,11 @@ def read_volume(path: str | os.PathLike, *, channel: int | None = None,
             f"unknown file type {p.name!r}; supported: {', '.join(READ_SUFFIXES)} "
             "or a DICOM series folder (rename the file or convert it)"
         )
+    if 1 in vol.spatial_shape:
+        raise InputError(
+            f"{p.name} is a single 2D slice (shape {vol.shape}); a 3D volume with at least 2 "
+            "voxels along each axis is needed: stack the slices into one volume"
+        )
     vol.metadata.setdefault("source", str(p))
     vol.metadata["format"] = fmt
     logger.debug("read %s: shape %s spacing %s", p, vol.shape, vol.spacing)
