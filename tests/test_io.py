@@ -392,3 +392,23 @@ def test_lazy_zarr_stays_a_zarr_array(tmp_path):
     np.testing.assert_array_equal(read_volume(path, lazy=True, channel=0).array, vol.array[0])
     with pytest.raises(InputError, match="channel"):
         read_volume(path, lazy=True)
+
+
+def test_units_are_normalised_across_formats(tmp_path):
+    vol = Volume(np.zeros((2, 3, 4), np.uint8), spacing=(0.5, 0.25, 0.25), metadata={"unit": "micrometer"})
+    for ext in (".zarr", ".tif", ".ome.zarr"):
+        vol = read_volume(write_volume(tmp_path / f"u{ext}", vol))
+        assert vol.metadata["unit"] == "µm"
+    attrs = zarr.open_group(str(tmp_path / "u.zarr"), mode="r").attrs["multiscales"][0]["axes"]
+    assert {a["unit"] for a in attrs} == {"micrometer"}
+
+
+def test_write_failure_is_a_clear_error_and_keeps_nothing(tmp_path):
+    from napari_cnnseg.core.errors import CnnsegError
+
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where a folder should be")
+    for ext in (".nii.gz", ".tif", ".zarr", ".mhd"):
+        with pytest.raises(CnnsegError, match="cannot write"):
+            write_volume(blocker / f"out{ext}", oblique_volume())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not_a_folder"]

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, VolumeReadError
+from .errors import CnnsegError, InputError, VolumeReadError
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,17 @@ WRITE_SUFFIXES = SITK_SUFFIXES + TIFF_SUFFIXES + ZARR_SUFFIXES
 GEOMETRY_KEY = "cnnseg"
 TIFF_GEOMETRY_TAG = 65000
 CLASS_NAMES_KEY = "cnnseg_class_names"
+#: unit spellings seen in OME-NGFF / ImageJ -> the symbol we keep in ``metadata["unit"]``
+_UNITS = {"millimeter": "mm", "micrometer": "µm", "micron": "µm", "um": "µm", "\\u00b5m": "µm", "μm": "µm",
+          "nanometer": "nm", "centimeter": "cm", "meter": "m"}
+_NGFF_UNITS = {"mm": "millimeter", "µm": "micrometer", "nm": "nanometer", "cm": "centimeter", "m": "meter"}
+
+
+def _unit(name: Any) -> str | None:
+    """Normalised length unit symbol (``mm``, ``µm``, ...) or None."""
+    if not name:
+        return None
+    return _UNITS.get(str(name).strip().lower(), str(name).strip())
 
 
 def _as_triplet(values: Any, what: str) -> tuple[float, float, float]:
@@ -234,6 +245,9 @@ def volume_from_sitk(image: Any, *, channel: int | None = None, all_channels: bo
             f"{path.name} has invalid voxel spacing {spacing} (z, y, x); fix the header "
             "(e.g. pixdim in NIfTI, 'space directions' in NRRD) to finite positive values"
         )
+    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-3):
+        logger.warning("%s: direction matrix is not orthonormal (%s); the header may be damaged",
+                       path.name, direction.round(4).tolist())
     array = _select_channel(array, channel, all_channels, path)
     header = {k: image.GetMetaData(k) for k in image.GetMetaDataKeys()}
     meta: dict[str, Any] = {"header": header, "unit": "mm"}
@@ -489,22 +503,29 @@ def write_volume(path: str | os.PathLike, volume: Volume) -> Path:
 
     Raises:
         InputError: unknown extension or an invalid volume.
+        CnnsegError: the file cannot be written (folder not writable, disk full); any
+            existing file at ``path`` is left untouched.
     """
     p = Path(path).expanduser()
     if not isinstance(volume, Volume):
         raise InputError(f"write_volume needs a Volume, got {type(volume).__name__}; wrap arrays with Volume(array, spacing, ...)")
-    if _suffix(p, ZARR_SUFFIXES):
-        with _atomic_path(p) as tmp:
-            _write_zarr(tmp, volume)
-    elif _suffix(p, SITK_SUFFIXES):
-        _write_sitk(p, volume)
-    elif _suffix(p, TIFF_SUFFIXES):
-        with _atomic_path(p) as tmp:
-            _write_tiff(tmp, volume)
-    else:
+    if not _suffix(p, WRITE_SUFFIXES):
         raise InputError(
             f"cannot write {p.name!r}: unknown extension; use one of {', '.join(WRITE_SUFFIXES)}"
         )
+    try:
+        if _suffix(p, ZARR_SUFFIXES):
+            with _atomic_path(p) as tmp:
+                _write_zarr(tmp, volume)
+        elif _suffix(p, SITK_SUFFIXES):
+            _write_sitk(p, volume)
+        else:
+            with _atomic_path(p) as tmp:
+                _write_tiff(tmp, volume)
+    except (OSError, RuntimeError) as exc:  # RuntimeError: ITK writer failures
+        raise CnnsegError(
+            f"cannot write {p}: {str(exc).strip()[-200:]}; choose a writable folder with free space"
+        ) from exc
     logger.info("wrote %s", p)
     return p
 
@@ -611,21 +632,18 @@ def _tiff_spacing(tif: Any) -> tuple[list[float], str | None]:
         for i, ax in enumerate("ZYX"):
             if f"PhysicalSize{ax}" in pixels:
                 spacing[i] = float(pixels[f"PhysicalSize{ax}"])
-        unit = pixels.get("PhysicalSizeXUnit", "µm")
-        return spacing, unit
+        return spacing, _unit(pixels.get("PhysicalSizeXUnit", "µm"))
     if tif.is_shaped and tif.shaped_metadata:  # tifffile's own JSON description
         shaped = tif.shaped_metadata[0]
         for i, ax in enumerate("ZYX"):
             if f"PhysicalSize{ax}" in shaped:
                 spacing[i] = float(shaped[f"PhysicalSize{ax}"])
-        unit = shaped.get("PhysicalSizeXUnit")
+        unit = _unit(shaped.get("PhysicalSizeXUnit"))
     page = tif.pages[0]
     if tif.is_imagej:
         ij = tif.imagej_metadata or {}
         spacing[0] = float(ij.get("spacing", 1.0))
-        unit = ij.get("unit")
-        if unit in ("micron", "\\u00B5m", "um"):
-            unit = "µm"
+        unit = _unit(ij.get("unit"))
     for i, tag in ((1, "YResolution"), (2, "XResolution")):
         res = page.tags.get(tag)
         if res is not None and (tif.is_imagej or page.tags.get("ResolutionUnit", None) is not None):
@@ -690,10 +708,10 @@ def _write_tiff(path: Path, volume: Volume) -> None:
     data = _storable(volume.array)
     axes = "CZYX" if data.ndim == 4 else "ZYX"
     meta: dict[str, Any] = {"axes": axes}
-    unit = volume.metadata.get("unit")
+    unit = _unit(volume.metadata.get("unit"))
     for ax, s in zip("ZYX", volume.spacing, strict=True):
         meta[f"PhysicalSize{ax}"] = s
-        if unit:
+        if unit in _NGFF_UNITS:  # OME knows these symbols
             meta[f"PhysicalSize{ax}Unit"] = unit
     record = json.dumps({**volume.geometry(), **_portable_metadata(volume)})
     tifffile.imwrite(
@@ -704,7 +722,10 @@ def _write_tiff(path: Path, volume: Volume) -> None:
 
 def _portable_metadata(volume: Volume) -> dict[str, Any]:
     """The metadata entries worth keeping inside TIFF / Zarr files."""
-    return {k: volume.metadata[k] for k in ("class_names", "unit", "name") if k in volume.metadata}
+    out = {k: volume.metadata[k] for k in ("class_names", "name") if k in volume.metadata}
+    if _unit(volume.metadata.get("unit")):
+        out["unit"] = _unit(volume.metadata["unit"])
+    return out
 
 
 def _is_zarr_group_attrs(attrs: dict) -> dict:
@@ -743,7 +764,7 @@ def _read_zarr(path: Path, channel: int | None, all_channels: bool, lazy: bool =
         if len(spatial) == 3:
             spacing = [float(scale[i]) for i in spatial]
             origin = [float(trans[i]) for i in spatial]
-        unit = next((a.get("unit") for a in axes_meta if isinstance(a, dict) and a.get("unit")), None)
+        unit = _unit(next((a.get("unit") for a in axes_meta if isinstance(a, dict) and a.get("unit")), None))
         letters = {"z": "Z", "y": "Y", "x": "X", "c": "C", "t": "T"}
         axes = "".join(letters.get(n, "Q") for n in names)
     else:
@@ -779,8 +800,7 @@ def _write_zarr(path: Path, volume: Volume) -> None:
         chunks = (1, *chunks)
     arr = root.create_array("0", shape=data.shape, dtype=data.dtype, chunks=chunks)
     arr[...] = data
-    unit = volume.metadata.get("unit")
-    ngff_unit = {"mm": "millimeter", "µm": "micrometer", "um": "micrometer", "nm": "nanometer"}.get(unit or "", None)
+    ngff_unit = _NGFF_UNITS.get(_unit(volume.metadata.get("unit")) or "")
     axes = [{"name": n, "type": "space", **({"unit": ngff_unit} if ngff_unit else {})} for n in "zyx"]
     scale, trans = list(volume.spacing), list(volume.origin)
     if data.ndim == 4:
