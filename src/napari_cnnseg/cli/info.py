@@ -40,7 +40,7 @@ def describe(path: str) -> dict[str, Any]:
     """Shape, dtype and geometry of the volume at ``path`` (all channels kept)."""
     from ..core.io import read_volume
 
-    vol = read_volume(path, all_channels=True)
+    vol = read_volume(path, all_channels=True, lazy=True)  # Zarr voxels are not loaded
     return {
         "shape": list(vol.shape),
         "dtype": str(vol.array.dtype),
