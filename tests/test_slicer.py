@@ -415,7 +415,7 @@ def test_slicer_style_run_writes_a_label_map_on_the_input_geometry(tmp_path):
 
 
 @pytest.mark.slow
-def test_finetune_run_with_scribbles_probability_and_saved_model(tmp_path, capsys):
+def test_finetune_run_with_scribbles_probability_and_saved_model(tmp_path, capsys, device):
     from napari_cnnseg.core.io import read_volume, write_volume
 
     ckpt = _tiny_checkpoint(tmp_path, num_classes=4)
@@ -430,7 +430,7 @@ def test_finetune_run_with_scribbles_probability_and_saved_model(tmp_path, capsy
     code = slicer.main([
         "--model_file", str(ckpt), "--scribbles", str(scr_path), "--finetune_seconds", "1",
         "--output_model", str(new_model), "--probability", str(prob), "--probability_class", "2",
-        "--device", "cpu", "--largest_component", str(src), str(out),
+        "--device", device, "--largest_component", str(src), str(out),
     ])
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -447,6 +447,25 @@ def test_finetune_run_with_scribbles_probability_and_saved_model(tmp_path, capsy
 
     tuned = load_model(new_model)
     assert tuned.num_classes == 4 and tuned.meta["class_names"][0] == "background"
+    assert "fine-tuned in 3D Slicer" in tuned.meta["description"]
+
+
+@pytest.mark.slow
+def test_shipped_model_runs_by_name(tmp_path, capsys):
+    _engine()
+    names = slicer.shipped_model_names()
+    if not names:
+        pytest.skip("no shipped model in core/models/pretrained yet")
+    from napari_cnnseg.core.io import read_volume
+    from napari_cnnseg.core.models import resolve_model
+
+    src, _ = _sample_nrrd(tmp_path)
+    out = tmp_path / "labels.nrrd"
+    assert slicer.main(["--model", names[0], "--device", "cpu", str(src), str(out)]) == 0
+    assert capsys.readouterr().err == ""
+    _assert_same_geometry(src, out)
+    labels = read_volume(out).array
+    assert 0 <= labels.min() and labels.max() < resolve_model(names[0]).num_classes
 
 
 @pytest.mark.parametrize("case", ["scribble_values", "probability_class", "empty_scribbles"])

@@ -511,7 +511,8 @@ def run_segmentation(args: argparse.Namespace, stream: TextIO | None = None) -> 
 
     progress.stage("segment", "Segmenting")
     result = segment_volume(
-        image, model, probabilities=bool(args.outputProbability), tile_shape=args.tileSize,
+        image, model, probabilities=bool(args.outputProbability), uncertainty=False,
+        tile_shape=args.tileSize,
         overlap=args.overlap, batch_size=args.batchSize or None, progress=progress, **compute,
     )
     progress.stage("write", "Writing the label map")
