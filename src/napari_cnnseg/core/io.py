@@ -83,7 +83,7 @@ def _as_triplet(values: Any, what: str) -> tuple[float, float, float]:
     return out  # type: ignore[return-value]
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class Volume:
     """Voxels plus geometry, all in (z, y, x) axis order.
 
@@ -124,6 +124,10 @@ class Volume:
             raise InputError(f"direction matrix is singular: {direction.tolist()}")
         self.direction = direction
         self.metadata = dict(self.metadata)
+
+    def __repr__(self) -> str:
+        return (f"Volume(shape={self.shape}, dtype={self.array.dtype}, spacing={self.spacing}, "
+                f"origin={self.origin}, direction={self.direction.round(6).tolist()})")
 
     @property
     def shape(self) -> tuple[int, ...]:
