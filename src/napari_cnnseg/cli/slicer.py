@@ -56,9 +56,7 @@ def shipped_model_names() -> list[str]:
     )
 
 
-# --------------------------------------------------------------------------------------------
-# One description -> XML and argparse
-# --------------------------------------------------------------------------------------------
+# ---------- One description -> XML and argparse ---------------------------------------------
 @dataclass(frozen=True)
 class Param:
     """One Slicer Execution Model parameter.
@@ -294,9 +292,7 @@ def _check_constraints(parser: argparse.ArgumentParser, args: argparse.Namespace
             parser.error(f"--{p.longflag} must be between {_num(lo)} and {_num(hi)}, got {value}")
 
 
-# --------------------------------------------------------------------------------------------
-# Progress in Slicer's protocol
-# --------------------------------------------------------------------------------------------
+# ---------- Progress in Slicer's protocol ---------------------------------------------------
 class SlicerProgress:
     """Writes Slicer's progress lines (flushed) on a stream: overall progress is monotone 0..1.
 
@@ -355,9 +351,7 @@ class SlicerProgress:
                     f"<filter-time>{time.perf_counter() - self._t0:.1f}</filter-time>\n</filter-end>")
 
 
-# --------------------------------------------------------------------------------------------
-# The run itself
-# --------------------------------------------------------------------------------------------
+# ---------- The run itself ------------------------------------------------------------------
 def _same_grid(a: Any, b: Any) -> bool:
     import numpy as np
 
@@ -406,10 +400,7 @@ def scribbles_on_grid(scribbles: Any, image: Any) -> Any:
     ref = volume_to_sitk(image.with_array(np.zeros(image.array.shape[-3:], dtype=np.uint8)))
     moving = volume_to_sitk(Volume(values.astype(np.int32), scribbles.spacing, scribbles.origin,
                                    scribbles.direction))
-    moved = sitk.Resample(
-        moving, ref, sitk.Transform(),
-        sitk.sitkNearestNeighbor, 0, sitk.sitkInt32,
-    )
+    moved = sitk.Resample(moving, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkInt32)
     return sitk.GetArrayFromImage(moved).astype(np.int64)
 
 
@@ -512,8 +503,7 @@ def run_segmentation(args: argparse.Namespace, stream: TextIO | None = None) -> 
     progress.stage("segment", "Segmenting")
     result = segment_volume(
         image, model, probabilities=bool(args.outputProbability), uncertainty=False,
-        tile_shape=args.tileSize,
-        overlap=args.overlap, batch_size=args.batchSize or None, progress=progress, **compute,
+        tile_shape=args.tileSize, overlap=args.overlap, batch_size=args.batchSize or None, progress=progress, **compute,
     )
     progress.stage("write", "Writing the label map")
     labels = result.labels
@@ -596,9 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------------------------
-# cnnseg slicer-install DIR
-# --------------------------------------------------------------------------------------------
+# ---------- cnnseg slicer-install DIR -------------------------------------------------------
 def launcher_text(kind: str, python: str | None = None) -> tuple[str, str]:
     """File name and text of a Slicer launcher.
 
