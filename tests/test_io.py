@@ -412,3 +412,17 @@ def test_write_failure_is_a_clear_error_and_keeps_nothing(tmp_path):
         with pytest.raises(CnnsegError, match="cannot write"):
             write_volume(blocker / f"out{ext}", oblique_volume())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not_a_folder"]
+
+
+def test_dicom_study_folder_with_one_or_several_series(tmp_path):
+    vol = Volume(np.full((3, 6, 6), 5, np.int16), spacing=(2.0, 1.0, 1.0))
+    series = tmp_path / "patient" / "study" / "series1"
+    series.mkdir(parents=True)
+    write_dicom_series(series, vol)
+    back = read_volume(tmp_path / "patient")  # the only series below is found
+    np.testing.assert_array_equal(back.array, vol.array)
+    second = tmp_path / "patient" / "study" / "series2"
+    second.mkdir()
+    write_dicom_series(second, vol)
+    with pytest.raises(VolumeReadError, match="2 DICOM series in sub-folders"):
+        read_volume(tmp_path / "patient")

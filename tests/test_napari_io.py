@@ -49,6 +49,17 @@ def test_get_reader_accepts_volumes_and_declines_the_rest(tmp_path):
         assert get_reader(path if not hasattr(path, "name") else str(path)) is None
 
 
+def test_reader_accepts_dicom_study_folders(tmp_path):
+    from test_io import write_dicom_series
+
+    vol = Volume(np.full((3, 6, 6), 5, np.int16), spacing=(2.0, 1.0, 1.0))
+    (tmp_path / "study" / "series").mkdir(parents=True)
+    write_dicom_series(tmp_path / "study" / "series", vol)
+    reader = get_reader(str(tmp_path / "study"))
+    (data, kwargs, kind), = reader(str(tmp_path / "study"))
+    assert kind == "image" and data.shape == (3, 6, 6) and kwargs["scale"] == (2.0, 1.0, 1.0)
+
+
 def test_reader_picks_labels_by_name_and_dtype(tmp_path):
     labels = oblique(np.arange(60, dtype=np.uint8).reshape(3, 4, 5) % 3)
     image = oblique(np.random.default_rng(0).random((3, 4, 5)).astype(np.float32))

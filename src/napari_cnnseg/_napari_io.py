@@ -134,14 +134,25 @@ def _supported(path: str) -> bool:
     if name.endswith(READ_SUFFIXES):
         return p.exists()
     if p.is_dir():
-        try:
-            entries = list(p.iterdir())
-        except OSError:
-            return False
-        return any(e.name in (".zgroup", ".zarray", "zarr.json") for e in entries) or any(
-            e.is_file() and (e.name.lower().endswith(".dcm") or is_dicom_file(e)) for e in entries[:50]
-        )
+        if any((p / f).exists() for f in (".zgroup", ".zarray", "zarr.json")):
+            return True
+        return _holds_dicom(p)
     return p.is_file() and is_dicom_file(p)
+
+
+def _holds_dicom(folder: Path, max_files: int = 200) -> bool:
+    """Whether a DICOM file lies in ``folder`` or below (looks at ``max_files`` files at most)."""
+    seen = 0
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        for name in sorted(names):
+            f = Path(root) / name
+            if name.lower().endswith(".dcm") or is_dicom_file(f):
+                return True
+            seen += 1
+            if seen >= max_files:
+                return False
+    return False
 
 
 def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:

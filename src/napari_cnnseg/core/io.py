@@ -396,6 +396,18 @@ def _read_dicom(folder: Path, channel: int | None, all_channels: bool,
     import SimpleITK as sitk
 
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series and prefer is None:
+        # a study folder (e.g. PATIENT/STUDY/SERIES/...): one series below is unambiguous
+        found = [d for d in _subfolders(folder) if sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(d))]
+        if len(found) == 1:
+            logger.info("reading the DICOM series in %s", found[0])
+            return _read_dicom(found[0], channel, all_channels)
+        if found:
+            listing = ", ".join(str(d.relative_to(folder)) for d in found[:6])
+            raise VolumeReadError(
+                f"{folder} holds {len(found)} DICOM series in sub-folders ({listing}"
+                f"{', ...' if len(found) > 6 else ''}); give the folder of the one to open"
+            )
     if not series:
         raise VolumeReadError(
             f"no DICOM series found in folder {folder}; give a folder holding the .dcm slices "
@@ -423,6 +435,17 @@ def _read_dicom(folder: Path, channel: int | None, all_channels: bool,
     vol.metadata["dicom_series"] = {"series_uid": sid, "all_series": list(series),
                                     "num_files": len(files[sid])}
     return vol
+
+
+def _subfolders(folder: Path, limit: int = 200) -> list[Path]:
+    """Sub-folders of ``folder`` (recursive, sorted), at most ``limit``."""
+    out: list[Path] = []
+    for root, dirs, _ in os.walk(folder):
+        dirs.sort()
+        out.extend(Path(root) / d for d in dirs)
+        if len(out) >= limit:
+            break
+    return out[:limit]
 
 
 def is_dicom_file(path: Path) -> bool:
