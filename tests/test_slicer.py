@@ -468,7 +468,8 @@ def test_shipped_model_runs_by_name(tmp_path, capsys):
     assert 0 <= labels.min() and labels.max() < resolve_model(names[0]).num_classes
 
 
-@pytest.mark.parametrize("case", ["scribble_values", "probability_class", "empty_scribbles"])
+@pytest.mark.parametrize("case", ["scribble_values", "probability_class", "empty_scribbles",
+                                  "fp16_on_cpu"])
 def test_bad_run_inputs_fail_before_any_output(tmp_path, capsys, case):
     from napari_cnnseg.core.io import read_volume, write_volume
 
@@ -478,6 +479,8 @@ def test_bad_run_inputs_fail_before_any_output(tmp_path, capsys, case):
     argv = ["--model_file", str(ckpt), "--device", "cpu"]
     if case == "probability_class":
         argv += ["--probability", str(tmp_path / "p.nrrd"), "--probability_class", "3"]
+    elif case == "fp16_on_cpu":
+        argv += ["--precision", "fp16"]
     else:
         scribbles = np.zeros(truth.shape, np.uint8)
         if case == "scribble_values":

@@ -42,6 +42,8 @@ _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 PRETRAINED_DIR = _PACKAGE_DIR / "core" / "models" / "pretrained"
 SHIPPED_DIR = _PACKAGE_DIR / "slicer_cli"
 NO_SHIPPED_MODEL = "none"
+#: precisions core.training.finetune accepts (fp16 is an inference-only choice)
+FINETUNE_PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def shipped_model_names() -> list[str]:
@@ -149,8 +151,9 @@ def _groups() -> tuple[Group, ...]:
                   "Compute device: auto picks a GPU when one is usable, else the CPU.",
                   longflag="device", default="auto", elements=("auto", "cpu", "cuda")),
             Param("string-enumeration", "precision", "Precision",
-                  "Arithmetic: auto uses bfloat16/float16 only where it is checked to agree "
-                  "with float32.",
+                  "Arithmetic: auto uses bfloat16/float16 where the device runs it natively "
+                  "(inference: only if a probe tile agrees with float32). fp16 is for GPU "
+                  "inference; fine-tuning then uses auto.",
                   longflag="precision", default="auto", elements=("auto", "fp32", "bf16", "fp16")),
             Param("integer-vector", "tileSize", "Tile size (z,y,x)",
                   "Tile size in voxels along z,y,x (slice axis first), or one number for a "
@@ -485,13 +488,16 @@ def run_segmentation(args: argparse.Namespace, stream: TextIO | None = None) -> 
             raise InputError("the scribble label map is empty: paint a few voxels of each class")
     progress(1, 1)
 
-    compute = {"device": args.device, "precision": args.precision}
     if finetuning:
         from ..core.training import finetune
 
         progress.stage("finetune", f"Fine-tuning on scribbles ({args.finetuneSeconds:g} s)")
+        train_precision = args.precision
+        if train_precision not in FINETUNE_PRECISIONS:
+            log.warning("fine-tuning does not run in %s; it uses precision auto", train_precision)
+            train_precision = "auto"
         finetune(model, image.array, scribbles, seconds=float(args.finetuneSeconds),
-                 progress=progress, **compute)
+                 progress=progress, device=args.device, precision=train_precision)
         if args.outputModel:
             from ..core.models import save_model
 
@@ -503,7 +509,8 @@ def run_segmentation(args: argparse.Namespace, stream: TextIO | None = None) -> 
     progress.stage("segment", "Segmenting")
     result = segment_volume(
         image, model, probabilities=bool(args.outputProbability), uncertainty=False,
-        tile_shape=args.tileSize, overlap=args.overlap, batch_size=args.batchSize or None, progress=progress, **compute,
+        tile_shape=args.tileSize, overlap=args.overlap, batch_size=args.batchSize or None,
+        device=args.device, precision=args.precision, progress=progress,
     )
     progress.stage("write", "Writing the label map")
     labels = result.labels
