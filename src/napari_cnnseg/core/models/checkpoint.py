@@ -188,9 +188,11 @@ def _refuse_pickle(p: Path) -> None:
 
 
 def _check_safetensors_header(p: Path) -> None:
+    size = p.stat().st_size
     with open(p, "rb") as f:
         head = f.read(9)
-    if len(head) < 9 or head[:2] == b"PK" or head[:1] == b"\x80" or head[8:9] != b"{":
+    # safetensors: u64 little-endian header length, then a JSON header starting with "{"
+    if len(head) < 9 or head[8:9] != b"{" or int.from_bytes(head[:8], "little") > size - 8:
         raise CheckpointError(
             f"{p} is not a safetensors file (it may be a renamed pickle or truncated); "
             "save models with save_model(...)"

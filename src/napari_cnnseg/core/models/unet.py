@@ -14,6 +14,9 @@ the first ``anisotropic_levels`` levels) and pooling factor ``f_l`` (2, or 1 on 
 * **same**: output = input; every input size must be divisible by ``prod(f_l)`` (``2**depth``
   on y/x).
 
+With ``norm="instance"`` the bottleneck must keep at least 2 voxels per axis (instance
+statistics over a single voxel are undefined); the rules above include that.
+
 Example: ``UNet3D(depth=3, convs_per_level=2, padding="valid")`` maps 92^3 -> 4^3 (margin 44)
 and 100^3 -> 12^3; ``padding="same"`` maps 64^3 -> 64^3.
 """
@@ -198,12 +201,14 @@ class UNet3D(SegNet):
         total = 1
         for f in fs:
             total *= f
+        # instance norm needs more than one voxel per map: keep the bottleneck >= 2 voxels
+        low = 2 if self._config["norm"] == "instance" else 1
 
         def rule(size: int) -> int | None:
             if size < 1:
                 return None
             if not valid:
-                return size if size % total == 0 else None
+                return size if size % total == 0 and size // total >= low else None
             s = size
             for lvl in range(depth):
                 s -= c * (ks[lvl] - 1)
@@ -211,7 +216,7 @@ class UNet3D(SegNet):
                     return None
                 s //= fs[lvl]
             s -= c * (ks[depth] - 1)
-            if s < 1:
+            if s < low:
                 return None
             for lvl in reversed(range(depth)):
                 s *= fs[lvl]
