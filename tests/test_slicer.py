@@ -156,6 +156,14 @@ def test_model_enumeration_lists_the_shipped_models(xml_root):
     assert sorted(list_pretrained()) == shipped
 
 
+def test_docs_list_every_parameter():
+    doc = (Path(__file__).parents[1] / "docs" / "slicer.md").read_text(encoding="utf-8")
+    for p in (p for g in slicer._groups() for p in g.params):
+        assert f"| {p.label} |" in doc, f"docs/slicer.md lacks parameter {p.label!r}"
+        if p.longflag:
+            assert f"`--{p.longflag}`" in doc
+
+
 # ------------------------------------------------------------------------ --xml as Slicer runs it
 @pytest.mark.parametrize("entry", ["module", "launcher"])
 def test_xml_flag_prints_only_the_xml_quickly(entry):
