@@ -308,6 +308,13 @@ class Controller:
         self._bound_data = layer.data
         self.changed("image")
 
+    def unbind(self) -> None:
+        """Forget the chosen image layer (the session keeps its last image and results)."""
+        if self.image_layer is not None:
+            self.image_layer = None
+            self._bound_data = None
+            self.changed("image")
+
     def require_image_layer(self) -> Any:
         if self.image_layer is None or self.image_layer not in self.viewer.layers:
             raise InputError("no image chosen: open a 3D image and pick it in the Segment dock")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -52,6 +53,8 @@ logger = logging.getLogger(__name__)
 
 #: default steps between live refreshes of the visible slice
 DEFAULT_UPDATE_EVERY = 5
+#: delay between a paint stroke and its autosave (merges bursts of strokes)
+AUTOSAVE_DELAY_MS = 50
 
 
 class FinetuneWidget(QWidget):
@@ -72,6 +75,10 @@ class FinetuneWidget(QWidget):
         self._roi: tuple[slice, slice, slice] | None = None
         self._scribbles_layer: Any = None
         self._t0 = 0.0
+        self._autosave_timer = QTimer(self)
+        self._autosave_timer.setSingleShot(True)
+        self._autosave_timer.setInterval(AUTOSAVE_DELAY_MS)
+        self._autosave_timer.timeout.connect(self._save_now)
         self._build()
         self._connect()
         self._on_controller("model")
@@ -214,6 +221,7 @@ class FinetuneWidget(QWidget):
         except Exception as exc:  # noqa: BLE001
             self._error(exc)
             return None
+        paint_index = self.class_combo.currentIndex()
         layer = self._existing_scribbles()
         if layer is None:
             shape = self.session.spatial_shape
@@ -235,9 +243,10 @@ class FinetuneWidget(QWidget):
             layer.colormap = labels_colormap(names, scribbles=True)
             layer.features = labels_features(names, scribbles=True)
         layer.brush_size = max(1, min(10, min(self.session.spatial_shape[-2:]) // 16))
-        self._on_class_chosen(self.class_combo.currentIndex())
         layer.mode = "paint"
         self.viewer.layers.selection.active = layer
+        self.class_combo.setCurrentIndex(paint_index)
+        self._on_class_chosen(paint_index)
         self.autosave_label.setText(f"Autosave: {self.session.store.path}")
         return layer
 
@@ -250,6 +259,17 @@ class FinetuneWidget(QWidget):
         layer.events.selected_label.connect(self._on_selected_label)
 
     def _autosave(self, event: Any = None) -> None:
+        # napari emits ``paint`` before it writes the new values: save once the stroke landed
+        # (a short single-shot timer also merges bursts of programmatic paints into one save)
+        self._autosave_timer.start()
+
+    def flush_autosave(self) -> None:
+        """Write a pending autosave now (called before training and by tests)."""
+        if self._autosave_timer.isActive():
+            self._autosave_timer.stop()
+            self._save_now()
+
+    def _save_now(self) -> None:
         layer = self._scribbles_layer
         if layer is None or self.session.volume is None:
             return
@@ -298,8 +318,15 @@ class FinetuneWidget(QWidget):
         return s.slice_roi(axis, index)
 
     # ---------------------------------------------------------------- fine-tune
-    def finetune(self, *, seconds: float | None = None, steps: int | None = None) -> Any:
-        """Start fine-tuning on the scribbles layer; returns the job (None if not started)."""
+    def finetune(
+        self, *, seconds: float | None = None, steps: int | None = None, **train_options: Any
+    ) -> Any:
+        """Start fine-tuning on the scribbles layer; returns the job (None if not started).
+
+        Args:
+            seconds, steps: training budget; default the dock's fields.
+            **train_options: more ``core.training.finetune`` settings (lr, batch_size, ...).
+        """
         if self.ctrl.busy:
             self._error("a job is running: wait for it or press Stop first")
             return None
@@ -309,6 +336,7 @@ class FinetuneWidget(QWidget):
             layer = self._existing_scribbles()
             if layer is None:
                 raise InputError("no scribbles layer: press 'Add scribbles layer' and paint first")
+            self.flush_autosave()
             scribbles = np.array(layer.data, copy=True)
             self.session.check_scribbles(scribbles)
             fresh = self.session.results is None
@@ -327,6 +355,7 @@ class FinetuneWidget(QWidget):
         options = {
             "device": session.predict_options.get("device") or "auto",
             "precision": session.predict_options.get("precision") or "auto",
+            **train_options,
         }
         update_every = self.every_spin.value()
         self._update_roi()

@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 )
 
 from .._session import FAMILIES
-from ..core.errors import Cancelled, InputError
+from ..core.errors import Cancelled, CnnsegError, InputError
 from . import _worker
 from ._shared import controller_for, notify_error, notify_info, show_results
 
@@ -217,6 +217,17 @@ class SegmentWidget(QWidget):
                 self.channel_combo.clear()
                 self.channel_combo.addItems(wanted)
                 self.channel_combo.blockSignals(False)
+        self._bind_quietly(layer)
+
+    def _bind_quietly(self, layer: Any) -> None:
+        """Share the picked image with the Fine-tune dock; problems are reported on Segment."""
+        if layer is None:
+            self.ctrl.unbind()
+            return
+        try:
+            self.ctrl.bind_image(layer, self._selected_channel())
+        except CnnsegError:
+            self.ctrl.unbind()
 
     def _selected_channel(self) -> int | None:
         text = self.channel_combo.currentText()
