@@ -339,6 +339,17 @@ def test_install_replaces_the_other_launcher_kind(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["CNNSegment.py", "CNNSegment.xml"]
 
 
+def test_install_into_a_file_or_a_busy_folder(tmp_path, capsys):
+    from napari_cnnseg.cli import main as cnnseg_main
+
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    assert cnnseg_main(["slicer-install", str(a_file)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert cnnseg_main(["slicer-install", str(tmp_path)]) == 0
+    assert "file.txt" in capsys.readouterr().out  # warned: Slicer probes every file there
+
+
 def test_launcher_without_a_shebang_path_space(tmp_path):
     name, text = slicer.launcher_text("this-python", python="/opt/My Python/bin/python")
     if os.name != "nt":
