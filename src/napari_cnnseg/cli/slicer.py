@@ -13,7 +13,7 @@ Usage as Slicer passes it::
 
     cnnseg-slicer --model NAME [--model_file CKPT] [--scribbles S.nrrd --finetune_seconds 30
         [--output_model NEW.safetensors]] [--probability P.nrrd] --device auto \
-        --precision auto [--tile_size 64,64,64] --overlap 0.5 --batch_size 0 \
+        --precision auto [--tile_size 64,64,64] --overlap 0.25 --batch_size 0 \
         [--largest_component] INPUT.nrrd OUTPUT_LABELS.nrrd
 
 This module imports no torch at import time: ``--xml`` answers in a fraction of a second.
