@@ -10,6 +10,7 @@ on the source's scale / translate / geometry metadata, updating existing layers 
 from __future__ import annotations
 
 import logging
+import os
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -61,8 +62,6 @@ def layer_volume(layer: Any, channel: int | None = None) -> Any:
     Raises:
         InputError: RGB, 2D or more than 4D data, or a channel out of range.
     """
-    from ..core.io import Volume
-
     if getattr(layer, "rgb", False):
         raise InputError(
             f"layer {layer.name!r} is an RGB image; convert it to grayscale or open the channels "
@@ -85,19 +84,22 @@ def layer_volume(layer: Any, channel: int | None = None) -> Any:
                 f"channel {channel} does not exist: layer {layer.name!r} has {data.shape[0]}"
             )
         data = data[channel]
-    scale = tuple(float(s) for s in layer.scale[-3:])
-    translate = tuple(float(t) for t in layer.translate[-3:])
-    meta = dict(layer.metadata or {})
-    direction = meta.get("direction")
-    direction = np.eye(3) if direction is None else np.asarray(direction, dtype=float)
-    return Volume(data, spacing=scale, origin=translate, direction=direction, metadata=meta)
+    from .._napari_io import layer_to_volume
+
+    return layer_to_volume(data, layer.metadata, layer.scale, layer.translate)
 
 
 def layer_source_path(layer: Any) -> str | None:
     """File the layer was read from, if napari knows it."""
     src = getattr(layer, "source", None)
     path = getattr(src, "path", None)
-    return str(path) if path else None
+    if not path:
+        from .._napari_io import GEOMETRY_KEY
+
+        path = ((layer.metadata or {}).get(GEOMETRY_KEY) or {}).get("source")
+    if not path or not os.path.exists(str(path)):
+        return None  # e.g. generated sample data: identified by content instead
+    return str(path)
 
 
 def geometry_kwargs(image_layer: Any) -> dict[str, Any]:
