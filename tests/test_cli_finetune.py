@@ -1,0 +1,92 @@
+"""`cnnseg finetune` and `cnnseg evaluate` end to end on tiny files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_cnnseg.cli import main
+from napari_cnnseg.core.io import Volume, write_volume
+from napari_cnnseg.core.models import build_model, load_model, save_model
+
+
+@pytest.fixture
+def files(tmp_path):
+    rng = np.random.default_rng(0)
+    shape = (8, 20, 20)
+    gt = np.zeros(shape, np.uint8)
+    gt[2:6, 5:15, 5:15] = 1
+    image = (gt + 0.2 * rng.standard_normal(shape)).astype(np.float32)
+    scr = np.zeros(shape, np.uint8)
+    scr[4, 8:12, 10] = 2
+    scr[4, 1:4, 1:18] = 1
+    spacing = (2.0, 0.5, 0.5)
+    paths = {
+        "image": write_volume(tmp_path / "img.nii.gz", Volume(image, spacing=spacing)),
+        "scr": write_volume(tmp_path / "scr.nii.gz", Volume(scr, spacing=spacing)),
+        "gt": write_volume(tmp_path / "gt.nii.gz", Volume(gt, spacing=spacing)),
+    }
+    net = build_model("unet", num_classes=2, depth=1, base_width=4, anisotropic_levels=1)
+    paths["model"] = save_model(tmp_path / "start", net, class_names=["background", "box"])
+    return tmp_path, paths
+
+
+def test_finetune_writes_a_loadable_checkpoint(files, capsys):
+    tmp, p = files
+    before = load_model(p["model"])
+    rc = main(["finetune", str(p["image"]), "--scribbles", str(p["scr"]), "-m", str(p["model"]),
+               "-o", str(tmp / "tuned"), "--steps", "10", "--crop", "4", "8", "8", "--batch", "2"])
+    out, err = capsys.readouterr()
+    assert rc == 0
+    assert "step 10/10" in err
+    written = out.strip().splitlines()[-1]
+    assert written.endswith("tuned.safetensors")
+    after = load_model(written)
+    assert after.meta["class_names"] == ["background", "box"]
+    assert after.meta["spacing"] == [2.0, 0.5, 0.5]
+    assert any(not torch.equal(a, b) for a, b in
+               zip(before.state_dict().values(), after.state_dict().values(), strict=True))
+    assert not list(tmp.glob("*.tmp"))  # atomic writes leave no temp files
+
+
+def test_finetune_rejects_scribbles_off_the_image_grid(files, tmp_path, capsys):
+    _, p = files
+    bad = write_volume(tmp_path / "bad.nii.gz", Volume(np.ones((8, 20, 19), np.uint8)))
+    rc = main(["finetune", str(p["image"]), "--scribbles", str(bad), "-m", str(p["model"]),
+               "-o", str(tmp_path / "x"), "--steps", "1"])
+    assert rc == 2
+    assert "grid" in capsys.readouterr().err
+
+
+def test_steps_and_seconds_are_exclusive(files):
+    _, p = files
+    with pytest.raises(SystemExit):
+        main(["finetune", str(p["image"]), "-s", str(p["scr"]), "-m", str(p["model"]),
+              "-o", "x", "--steps", "1", "--seconds", "1"])
+
+
+def test_evaluate_json_uses_physical_spacing(files, capsys):
+    tmp, p = files
+    assert main(["evaluate", str(p["gt"]), str(p["gt"]), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["dice"] == {"0": 1.0, "1": 1.0} and res["hd95"]["1"] == 0.0
+    gt = np.zeros((8, 20, 20), np.uint8)
+    gt[2:6, 5:15, 7:17] = 1  # shifted by 2 voxels along x (0.5 mm each)
+    shifted = write_volume(tmp / "shift.nii.gz", Volume(gt, spacing=(2.0, 0.5, 0.5)))
+    assert main(["evaluate", str(shifted), str(p["gt"]), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert 0 < res["hd95"]["1"] <= 1.0  # at most 2 voxels * 0.5 mm
+    assert res["dice"]["1"] == pytest.approx(0.8)
+    assert main(["evaluate", str(shifted), str(p["gt"])]) == 0
+    assert "mean foreground dice 0.8000" in capsys.readouterr().out
+
+
+def test_evaluate_refuses_different_grids(files, capsys):
+    tmp, p = files
+    other = write_volume(tmp / "o.nii.gz", Volume(np.zeros((8, 20, 20), np.uint8),
+                                                  spacing=(1.0, 1.0, 1.0)))
+    assert main(["evaluate", str(other), str(p["gt"])]) == 2
+    assert "spacing" in capsys.readouterr().err
