@@ -107,3 +107,50 @@ def emit(result: dict[str, Any]) -> None:
         return v
 
     print(json.dumps(clean(result), sort_keys=False), flush=True)
+
+
+def count_conv_flops(model: torch.nn.Module, input_shape: tuple[int, ...],
+                     device: str = "cpu") -> float:
+    """FLOPs (2 per multiply-add) of every Conv3d / ConvTranspose3d in one forward pass.
+
+    Counted with forward hooks on a zero input of ``input_shape`` (N, C, Z, Y, X): a conv adds
+    ``2 * C_in/groups * C_out * k^3 * output voxels``, a transposed conv
+    ``2 * C_in * C_out/groups * k^3 * input voxels``. Elementwise ops are not counted.
+    """
+    total = 0.0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        k = module.kernel_size[0] * module.kernel_size[1] * module.kernel_size[2]
+        if isinstance(module, torch.nn.ConvTranspose3d):
+            vox = inputs[0][0, 0].numel() * inputs[0].shape[0]
+            total += 2.0 * module.in_channels * (module.out_channels // module.groups) * k * vox
+        else:
+            vox = output[0, 0].numel() * output.shape[0]
+            total += 2.0 * (module.in_channels // module.groups) * module.out_channels * k * vox
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(input_shape, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def describe_device(device: str = "cpu") -> str:
+    """Human-readable name of the compute device (CPU model + threads, or GPU name)."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(torch.device(device))} (CUDA)"
+    name = "CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name}, {torch.get_num_threads()} threads"

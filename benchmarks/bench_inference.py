@@ -1,0 +1,115 @@
+"""Tiled inference speed and accuracy against MONAI's ``sliding_window_inference``.
+
+The same network - ``monai.networks.nets.UNet(3, 1, 2, channels=(16, 32, 64, 128),
+strides=(2, 2, 2), num_res_units=2, norm="batch")``, eval mode, seed 0 - on a 1x1x160^3 volume,
+tile (roi) 96^3, overlap 0.25, Gaussian blending, in one process:
+
+* MONAI ``sliding_window_inference`` with its defaults (sw_batch_size 1), then softmax;
+* our :func:`napari_cnnseg.core.inference.predict` in fp32 and in bf16 (fp16 on GPUs without
+  bf16).
+
+Each method runs once to warm up (oneDNN / cuDNN primitive creation), then the best of
+``--repeats`` timed runs counts. Prints ONE JSON line::
+
+    python benchmarks/bench_inference.py [--device cpu|cuda] [--quick]
+
+``fraction_of_peak_fp32`` = conv FLOPs of the network per tile x tiles / fp32 time, divided by
+``conv_peak_gflops`` (Conv3d 64->64, 3^3, 48^3, channels_last_3d, measured in the same run).
+``--quick`` runs small sizes for a smoke test only (numbers meaningless).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+import numpy as np
+import torch
+from _common import count_conv_flops, describe_device, emit, measure_conv_peak_gflops, peak_rss_mb
+
+from napari_cnnseg.core.inference import predict, wrap_module
+from napari_cnnseg.core.tiling import same_layout
+
+
+def _best_time(fn, repeats: int) -> tuple[float, object]:
+    result = fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--quick", action="store_true", help="small sizes (smoke test only)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per method")
+    parser.add_argument("--batch", type=int, default=None, help="our tiles per forward (default auto)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    from monai.inferers import sliding_window_inference
+    from monai.networks.nets import UNet
+
+    size, tile = (64, 32) if args.quick else (160, 96)
+    repeats = args.repeats or (1 if args.quick else 2)
+    dev = torch.device(args.device)
+    torch.manual_seed(0)
+    net = UNet(3, 1, 2, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=2,
+               norm="batch").eval().to(dev)
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(size,) * 3).astype(np.float32)
+    x = torch.from_numpy(image)[None, None].to(dev)
+
+    def run_monai():
+        with torch.inference_mode():
+            logits = sliding_window_inference(x, (tile,) * 3, 1, net, overlap=0.25, mode="gaussian")
+            out = torch.softmax(logits, 1)[0].cpu().numpy()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    wrapped = wrap_module(net, 2, divisor=8)
+    low = "bf16" if dev.type == "cpu" or torch.cuda.is_bf16_supported() else "fp16"
+
+    def run_ours(precision):
+        return lambda: predict(image, wrapped, tile_shape=tile, overlap=0.25, device=dev,
+                               precision=precision, batch_size=args.batch,
+                               normalization={"mode": "none"})
+
+    t_monai, p_monai = _best_time(run_monai, repeats)
+    t_fp32, p_fp32 = _best_time(run_ours("fp32"), repeats)
+    t_low, p_low = _best_time(run_ours(low), repeats)
+
+    n_tiles = len(same_layout([(0, size)] * 3, (tile,) * 3, (0.25,) * 3, (size,) * 3).tiles)
+    flops = count_conv_flops(net, (1, 1, tile, tile, tile), device=str(dev)) * n_tiles
+    peak = measure_conv_peak_gflops(torch.float32, seconds=0.5 if args.quick else 3.0,
+                                    device=str(dev))
+    vox = float(size**3)
+    emit({
+        "benchmark": "bench_inference",
+        "volume": [size] * 3, "tile": [tile] * 3, "overlap": 0.25, "tiles": n_tiles,
+        "monai_voxels_per_s": vox / t_monai,
+        "fp32_voxels_per_s": vox / t_fp32,
+        "bf16_voxels_per_s": vox / t_low,
+        "low_precision": low,
+        "speedup_fp32": t_monai / t_fp32,
+        "speedup_bf16": t_monai / t_low,
+        "max_abs_diff_fp32_vs_monai": float(np.abs(p_fp32 - p_monai).max()),
+        "argmax_agreement_bf16": float((p_low.argmax(0) == p_fp32.argmax(0)).mean()),
+        "conv_peak_gflops": peak,
+        "network_gflop_per_tile": flops / n_tiles / 1e9,
+        "fp32_gflops": flops / t_fp32 / 1e9,
+        "fraction_of_peak_fp32": flops / t_fp32 / 1e9 / peak,
+        "seconds": {"monai": t_monai, "fp32": t_fp32, "bf16": t_low},
+        "peak_rss_mb": peak_rss_mb(),
+        "device": describe_device(str(dev)),
+        "quick": bool(args.quick),
+    })
+
+
+if __name__ == "__main__":
+    main()
