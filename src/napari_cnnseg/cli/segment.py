@@ -1,13 +1,180 @@
-"""`cnnseg segment` (work in progress: being written in this session)."""
+"""``cnnseg segment INPUT... -m MODEL -o OUTDIR``: label maps (and probabilities) for a cohort.
+
+Example::
+
+    $ cnnseg segment head1.nii.gz head2.nrrd -m brain_t1 -o out/ --probabilities
+    head1.nii.gz [##########################----] 14/16 tiles
+    out/head1_labels.nii.gz
+    out/head1_probabilities.nii.gz
+    ...
+
+Outputs land on the source geometry (spacing, origin, direction), in the input's format unless
+``--format`` says otherwise (DICOM inputs default to ``.nii.gz``). A progress bar runs on stderr;
+the written paths are printed on stdout. A bad input is reported and skipped; the exit code is
+then 2 (1 volume failed or more), 0 when every input was segmented.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_KNOWN_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".nii.gz", ".nii", ".nrrd", ".nhdr",
+                   ".mha", ".mhd", ".tiff", ".tif", ".zarr", ".dcm")
+_WRITE_FORMATS = ("nii.gz", "nii", "nrrd", "mha", "tif", "tiff", "ome.tif", "zarr", "ome.zarr")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    return sub.add_parser("segment", help="(not yet available)")
+    """Register ``cnnseg segment``."""
+    p = sub.add_parser(
+        "segment",
+        help="segment volumes with a model: label maps (+ probabilities) on the source geometry",
+        description=(
+            "Segment one or more volumes (NIfTI, NRRD, MetaImage, TIFF, Zarr, DICOM folder) with a "
+            "checkpoint or a shipped model. Writes OUTDIR/<stem>_labels.<ext> (class indices, "
+            "uint8) and, on request, <stem>_probabilities.<ext> (K channels, float32) and "
+            "<stem>_uncertainty.<ext> (normalised entropy in [0, 1])."
+        ),
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="volume files or DICOM folders")
+    p.add_argument("-m", "--model", required=True,
+                   help="checkpoint path (<name>.safetensors/.json) or shipped model name "
+                        "(see `cnnseg models`)")
+    p.add_argument("-o", "--outdir", required=True, help="output folder (created if missing)")
+    p.add_argument("--probabilities", action="store_true", help="also write per-class probabilities")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also write the normalised entropy map (0 certain .. 1 uniform)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="compute precision (auto: reduced precision only where it is native and "
+                        "agrees with fp32 on a probe tile)")
+    p.add_argument("--tile", nargs=3, type=int, metavar=("Z", "Y", "X"),
+                   help="tile input shape (default 96 96 96, rounded to what the model accepts)")
+    p.add_argument("--overlap", type=float, default=None,
+                   help="overlap of blended tiles for same-padding models, in [0, 1) (default 0.25)")
+    p.add_argument("--batch", type=int, default=None, help="tiles per forward pass (default auto)")
+    p.add_argument("--channel", type=int, default=None,
+                   help="channel to use from multi-channel inputs (default: all channels when the "
+                        "model takes several, else required for multi-channel files)")
+    p.add_argument("--format", default=None, choices=_WRITE_FORMATS,
+                   help="output format (default: the input's; DICOM inputs give nii.gz)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def output_stem(path: Path) -> tuple[str, str]:
+    """(stem, extension with leading dot) of an input path; DICOM gives ``.nii.gz``."""
+    name = path.name.rstrip("/")
+    for suffix in _KNOWN_SUFFIXES:
+        if name.lower().endswith(suffix):
+            stem = name[: -len(suffix)]
+            return stem, ".nii.gz" if suffix == ".dcm" else name[-len(suffix):]
+    return name, ".nii.gz"  # DICOM folder or unknown ending
+
+
+class ProgressBar:
+    """``progress(done, total)`` drawing a bar on stderr (redrawn in place on a terminal)."""
+
+    def __init__(self, label: str, stream=None, width: int = 30) -> None:
+        self.label, self.width = label, width
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.start = time.perf_counter()
+        self._last_quarter = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        total = max(total, 1)
+        frac = min(1.0, done / total)
+        quarter = int(frac * 4)
+        if not self.tty and quarter == self._last_quarter and done < total:
+            return  # logs/pipes: at most 5 lines per volume
+        self._last_quarter = quarter
+        filled = int(round(frac * self.width))
+        bar = "#" * filled + "-" * (self.width - filled)
+        line = f"{self.label} [{bar}] {done}/{total} tiles {time.perf_counter() - self.start:.1f}s"
+        end = "\n" if (not self.tty or done >= total) else ""
+        self.stream.write(("\r" if self.tty else "") + line + end)
+        self.stream.flush()
+
+
+def _read(path: Path, channel: int | None, in_channels: int):
+    from ..core.errors import InputError
+    from ..core.io import read_volume
+
+    if channel is not None:
+        return read_volume(path, channel=channel, lazy=True)
+    try:
+        return read_volume(path, all_channels=in_channels > 1, lazy=True)
+    except InputError as exc:
+        raise InputError(f"{exc} (pass --channel N)") from None
+
+
+def segment_file(path: Path, model, args: argparse.Namespace) -> list[Path]:
+    """Segment one input; returns the written paths."""
+    from ..core.errors import InputError
+    from ..core.io import write_volume
+    from ..core.pipeline import segment_volume
+
+    in_channels = int(getattr(model, "in_channels", 1))
+    volume = _read(path, args.channel, in_channels)
+    if volume.num_channels != in_channels:
+        raise InputError(
+            f"{path.name} has {volume.num_channels} channel(s) but the model takes {in_channels}"
+            + ("; pass --channel N" if volume.num_channels > 1 else "")
+        )
+    stem, ext = output_stem(path)
+    if args.format:
+        ext = "." + args.format
+    progress = None if args.quiet else ProgressBar(path.name)
+    result = segment_volume(
+        volume, model, probabilities=args.probabilities, uncertainty=args.uncertainty,
+        tile_shape=tuple(args.tile) if args.tile else None, overlap=args.overlap,
+        batch_size=args.batch, device=args.device, precision=args.precision, progress=progress,
+    )
+    outdir = Path(args.outdir)
+    written = [write_volume(outdir / f"{stem}_labels{ext}", result.labels)]
+    if result.probabilities is not None:
+        written.append(write_volume(outdir / f"{stem}_probabilities{ext}", result.probabilities))
+    if result.uncertainty is not None:
+        written.append(write_volume(outdir / f"{stem}_uncertainty{ext}", result.uncertainty))
+    return written
 
 
 def run(args: argparse.Namespace) -> int:
-    raise NotImplementedError("cnnseg segment is not implemented yet")
+    """Segment every input; returns 0 when all succeeded, 2 when some failed."""
+    from ..core.devices import resolve_device
+    from ..core.errors import Cancelled, CnnsegError, InputError
+    from ..core.models import resolve_model
+
+    if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
+        raise InputError(f"--overlap must be in [0, 1), got {args.overlap}")
+    if args.batch is not None and args.batch < 1:
+        raise InputError(f"--batch must be >= 1, got {args.batch}")
+    if args.tile is not None and min(args.tile) < 1:
+        raise InputError(f"--tile must be 3 positive integers (Z Y X), got {args.tile}")
+    resolve_device(args.device)  # fail early on a bad device
+    model = resolve_model(args.model)
+    outdir = Path(args.outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise InputError(f"output folder {outdir} exists and is not a folder; choose another -o")
+    outdir.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for name in args.inputs:
+        path = Path(name)
+        try:
+            for out in segment_file(path, model, args):
+                print(out, flush=True)
+        except Cancelled:
+            raise
+        except CnnsegError as exc:
+            failed += 1
+            print(f"cnnseg segment: error: {path}: {exc}", file=sys.stderr, flush=True)
+    if failed:
+        print(f"cnnseg segment: {failed} of {len(args.inputs)} input(s) failed", file=sys.stderr)
+        return 2
+    return 0
