@@ -7,7 +7,9 @@ the valid choices. ``build_model(m.arch_name, **m.get_config())`` rebuilds ``m``
 
 from __future__ import annotations
 
+import functools
 import inspect
+import json
 from typing import Any
 
 from torch import nn
@@ -42,10 +44,15 @@ def _check_name(name: str) -> type[nn.Module]:
     return archs[name]
 
 
-def default_config(name: str) -> dict[str, Any]:
-    """Default configuration (JSON-able) of architecture ``name``."""
+@functools.cache
+def _default_config_json(name: str) -> str:
     cls = _check_name(name)
-    return cls().get_config()  # type: ignore[attr-defined]
+    return json.dumps(cls().get_config())  # type: ignore[attr-defined]
+
+
+def default_config(name: str) -> dict[str, Any]:
+    """Default configuration (JSON-able, a fresh copy) of architecture ``name``."""
+    return json.loads(_default_config_json(name))
 
 
 def config_keys(name: str) -> list[str]:
