@@ -1,0 +1,108 @@
+"""Live-refresh latency of the fine-tune loop, through the session code path the GUI uses.
+
+Simulates: scribbles changed (autosave) + "Fine-tune" clicked on a 128^3 volume on the CPU;
+measures the time to the first refreshed visible slice (the dock repaints it when
+``on_region`` fires) and the time of the whole-volume refresh when training ends.
+
+    python benchmarks/bench_refresh.py [--size 128] [--seconds 5] [--update-every 5] [--model NAME]
+
+One JSON line. Keys: ``first_slice_s`` (click -> first refreshed slice; target <= 2),
+``whole_volume_s`` (whole-volume refresh after training; target <= 10), ``click_to_whole_s``
+(click -> whole volume shown, includes the training budget), ``train_s``, ``steps``,
+``slice_refreshes``, ``slice_refresh_s`` (mean time of one slice prediction), ``size``,
+``update_every``, ``model``, ``device``, ``threads``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import emit  # noqa: E402
+
+from napari_cnnseg._session import Session  # noqa: E402
+from napari_cnnseg.core.sample_data import make_phantom  # noqa: E402
+from napari_cnnseg.demo import FALLBACK_CONFIG, demo_strokes  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=128, help="volume edge in voxels (default 128)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="training budget (default 5)")
+    parser.add_argument("--update-every", type=int, default=5,
+                        help="steps between live slice refreshes (the dock's default: 5)")
+    parser.add_argument("--model", default=None,
+                        help="shipped model name or checkpoint; default a new small U-Net")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+
+    n = int(args.size)
+    image, truth = make_phantom(shape=(n, n, n), spacing=(1.0, 1.0, 1.0), seed=0)
+    names = list(truth.metadata["class_names"])
+    with tempfile.TemporaryDirectory() as tmp:
+        session = Session(autosave_folder=tmp)
+        session.set_image(image, name="phantom")
+        if args.model:
+            session.load_model(args.model)
+            names = session.class_names
+        else:
+            session.new_model("unet", names, **FALLBACK_CONFIG)
+        session.predict_options.update(device=args.device)
+        labels = np.asarray(truth.array) % len(names)
+        strokes = demo_strokes(labels)
+        session.segment()  # the user has segmented once before painting
+        z = n // 2
+        events: list[float] = []
+        slice_costs: list[float] = []
+
+        def on_region(update) -> None:  # what the dock does on the GUI thread
+            session.apply_region(update)
+            events.append(time.perf_counter())
+
+        def timed_region():
+            slice_costs.append(time.perf_counter())
+            return session.slice_roi(0, z)
+
+        t0 = time.perf_counter()  # scribbles changed + Fine-tune clicked
+        session.autosave_scribbles(strokes)
+        scribbles = np.array(strokes, copy=True)
+        outcome = session.finetune(
+            scribbles,
+            seconds=args.seconds,
+            update_every=args.update_every,
+            region=timed_region,
+            on_region=on_region,
+            refresh=False,
+            device=args.device,
+        )
+        t_train = time.perf_counter()
+        session.segment()  # the whole-volume refresh the dock runs when training ends
+        t_whole = time.perf_counter()
+    per_slice = [e - s for s, e in zip(slice_costs, events, strict=False)]
+    emit({
+        "first_slice_s": round(events[0] - t0, 3) if events else None,
+        "whole_volume_s": round(t_whole - t_train, 3),
+        "click_to_whole_s": round(t_whole - t0, 3),
+        "train_s": round(t_train - t0, 3),
+        "steps": len(outcome.losses),
+        "slice_refreshes": len(events),
+        "slice_refresh_s": round(float(np.mean(per_slice)), 3) if per_slice else None,
+        "size": n,
+        "update_every": args.update_every,
+        "model": args.model or "unet " + ",".join(f"{k}={v}" for k, v in FALLBACK_CONFIG.items()),
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
