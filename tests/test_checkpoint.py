@@ -160,11 +160,18 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path, small_unet, monkeypatc
     import safetensors.torch
 
     monkeypatch.setattr(safetensors.torch, "save_file", failing_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError, match="disk full"):
         save_model(tmp_path / "m", build_model("unet", depth=1, base_width=2, convs_per_level=1))
     assert (path.read_bytes(), (tmp_path / "m.json").read_bytes()) == before
     assert sorted(os.listdir(tmp_path)) == ["m.json", "m.safetensors"]
     load_model(path)
+
+
+def test_unwritable_folder_is_a_clear_error(tmp_path, small_unet):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(CheckpointError, match="cannot write"):
+        save_model(blocker / "m", small_unet)
 
 
 def test_load_on_device(tmp_path, small_unet, device):

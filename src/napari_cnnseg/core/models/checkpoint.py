@@ -138,6 +138,10 @@ def save_model(path: str | os.PathLike[str], model: nn.Module, **meta: Any) -> P
 
     Returns:
         Path of the ``.safetensors`` file.
+
+    Raises:
+        InputError: not a registry network, or bad metadata (e.g. wrong number of class names).
+        CheckpointError: the files cannot be written (the previous checkpoint stays intact).
     """
     from safetensors.torch import save_file
 
@@ -151,7 +155,6 @@ def save_model(path: str | os.PathLike[str], model: nn.Module, **meta: Any) -> P
     stem = _stem(path)
     if stem.suffix in PICKLE_SUFFIXES:
         stem = stem.with_suffix("")
-    stem.parent.mkdir(parents=True, exist_ok=True)
     merged = dict(getattr(model, "meta", None) or getattr(net, "meta", None) or {})
     merged.update(meta)
     k = int(net.num_classes)
@@ -160,7 +163,13 @@ def save_model(path: str | os.PathLike[str], model: nn.Module, **meta: Any) -> P
     tensors = {n: t.detach().to("cpu").contiguous().clone() for n, t in net.state_dict().items()}
     weights = stem.with_name(stem.name + ".safetensors")
     sidecar = stem.with_name(stem.name + ".json")
-    _atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
+    try:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot write the model to {weights} ({exc}); choose a writable folder with free space"
+        ) from exc
     doc = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -172,7 +181,10 @@ def save_model(path: str | os.PathLike[str], model: nn.Module, **meta: Any) -> P
         "weights_sha256": _sha256(weights),
     }
     text = json.dumps(doc, indent=2)
-    _atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+    try:
+        _atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+    except OSError as exc:
+        raise CheckpointError(f"cannot write {sidecar} ({exc}); choose a writable folder") from exc
     log.info("saved model %s (%s) to %s", net.arch_name, weights.name, stem.parent)
     return weights
 
