@@ -245,3 +245,19 @@ def test_image_key_is_stable_and_discriminating():
     assert image_key(a) != image_key(a + 1)
     assert image_key(a) != image_key(a, spacing=(2.0, 1.0, 1.0))
     assert image_key(a, source_path="/x/y.nii") == image_key(a + 5, source_path="/x/y.nii")
+
+
+def test_session_is_qt_free():
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "import napari_cnnseg._session, napari_cnnseg._autosave\n"
+        "bad = sorted(k for k in sys.modules if k.split('.')[0] in "
+        "('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'magicgui', 'vispy'))\n"
+        "print(json.dumps(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

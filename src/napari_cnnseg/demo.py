@@ -30,15 +30,16 @@ from ._session import Session
 logger = logging.getLogger(__name__)
 
 #: small U-Net used when no model is shipped (anisotropic first level for 3 mm slices)
-FALLBACK_CONFIG = {"depth": 3, "base_width": 8, "padding": "valid", "anisotropic_levels": 1}
+FALLBACK_CONFIG = {"depth": 2, "base_width": 8, "padding": "valid", "anisotropic_levels": 1}
+FALLBACK_LR = 3e-3
 
 
 def demo_strokes(mask: np.ndarray, slices: Sequence[int] | None = None) -> np.ndarray:
-    """Thin strokes a user could paint: a few rows of each class on three axial slices.
+    """Thin strokes a user could paint: a few rows of each class on five axial slices.
 
     Args:
         mask: (Z, Y, X) class indices (0 = background).
-        slices: z indices to paint; default three slices around the middle of the object.
+        slices: z indices to paint; default five slices spread over the object.
 
     Returns:
         (Z, Y, X) uint8 scribbles (value k = class k-1).
@@ -47,7 +48,7 @@ def demo_strokes(mask: np.ndarray, slices: Sequence[int] | None = None) -> np.nd
     zs = np.nonzero(mask.reshape(mask.shape[0], -1).any(1))[0]
     if slices is None:
         lo, hi = (int(zs.min()), int(zs.max())) if zs.size else (0, mask.shape[0] - 1)
-        slices = [lo + (hi - lo) * f // 4 for f in (1, 2, 3)]
+        slices = [lo + (hi - lo) * f // 6 for f in (1, 2, 3, 4, 5)]
     for z in slices:
         for c in np.unique(mask[z]):
             region = mask[z] == c
@@ -89,7 +90,8 @@ def prepare_session(
         strokes = demo_strokes(np.asarray(truth.array))
         session.autosave_scribbles(strokes)
         t0 = time.perf_counter()
-        outcome = session.finetune(strokes, seconds=seconds, refresh=False)
+        # from scratch: a higher learning rate than finetune's default (meant for small corrections)
+        outcome = session.finetune(strokes, seconds=seconds, refresh=False, lr=FALLBACK_LR)
         info["model"] = f"new U-Net fine-tuned {len(outcome.losses)} steps on the demo strokes"
         info["finetune_s"] = round(time.perf_counter() - t0, 1)
         info["painted_voxels"] = int(np.count_nonzero(strokes))
@@ -141,7 +143,7 @@ def take_screenshots(viewer: Any, layers: dict[str, Any], out: Path, prefix: str
     viewer.layers.selection.active = image
     # 2D: a mid-brain slice, response map (additive colour) over the grey image, label contour
     viewer.dims.ndisplay = 2
-    z = int(np.argmax([(p.data > 0.5).sum() for p in fg[0].data])) if fg else image.data.shape[0] // 2
+    z = int(np.argmax((fg[0].data > 0.5).sum(axis=(1, 2)))) if fg else image.data.shape[-3] // 2
     viewer.dims.set_current_step(0, z)
     labels.contour = 1
     labels.opacity = 0.9

@@ -295,6 +295,8 @@ class Controller:
 
     def bind_image(self, layer: Any, channel: int | None = None) -> None:
         """Make ``layer`` (channel) the session image; raises InputError if unusable."""
+        if self.busy and layer is not self.image_layer:
+            raise InputError("a job is running: wait for it or press Cancel / Stop first")
         if (
             layer is self.image_layer
             and channel == self.channel

@@ -195,14 +195,18 @@ class FinetuneWidget(QWidget):
         return layer
 
     def _existing_scribbles(self) -> Any:
-        layer = self._scribbles_layer
-        if layer is not None and layer in self.viewer.layers:
-            return layer
         img = self.ctrl.image_layer
         if img is None:
             return None
+        layer = self._scribbles_layer
+        if (
+            layer is not None
+            and layer in self.viewer.layers
+            and ((layer.metadata or {}).get("cnnseg_role") or {}).get("source") == img.name
+        ):
+            return layer
         name = result_names(img.name, [])["scribbles"]
-        if name in self.viewer.layers:
+        if name in self.viewer.layers and type(self.viewer.layers[name]).__name__ == "Labels":
             self._watch(self.viewer.layers[name])
             return self._scribbles_layer
         return None

@@ -221,6 +221,8 @@ class SegmentWidget(QWidget):
 
     def _bind_quietly(self, layer: Any) -> None:
         """Share the picked image with the Fine-tune dock; problems are reported on Segment."""
+        if self.ctrl.busy:
+            return  # never swap the image under a running job; Segment re-binds later
         if layer is None:
             self.ctrl.unbind()
             return
