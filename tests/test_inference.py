@@ -261,11 +261,11 @@ def test_oom_on_gpu_falls_back_to_cpu(monkeypatch, rng, caplog):
     real = inference._predict_on
     tried = []
 
-    def fake_predict_on(img, spec, dev, *args):
+    def fake_predict_on(img, model, spec, dev, *args):
         tried.append(dev.type)
         if dev.type != "cpu":  # simulated GPU that never has enough memory
             raise inference._TileTooLarge
-        return real(img, spec, dev, *args)
+        return real(img, model, spec, dev, *args)
 
     monkeypatch.setattr(inference, "resolve_device", lambda spec: torch.device("cuda"))
     monkeypatch.setattr(inference, "_predict_on", fake_predict_on)
@@ -373,3 +373,15 @@ def test_on_device_matches_cpu(device, rng):
     np.testing.assert_allclose(got, ref, atol=1e-3)
     low = predict(image, net, tile_shape=tile, device=device, precision="auto")
     assert (low.argmax(0) == ref.argmax(0)).mean() > 0.99
+
+
+def test_fast_copy_cache_follows_in_place_weight_updates(rng):
+    net = _trained_bn(build_model("unet", depth=1, base_width=4, padding="valid"))
+    image = rng.normal(size=(12, 20, 20)).astype(np.float32)
+    first = predict(image, net, device="cpu", precision="fp32")
+    with torch.no_grad():  # what a fine-tuning step does
+        for p in net.parameters():
+            p.mul_(1.5)
+    second = predict(image, net, device="cpu", precision="fp32")
+    np.testing.assert_allclose(second, one_pass(image, net), atol=1e-5)
+    assert np.abs(second - first).max() > 1e-3

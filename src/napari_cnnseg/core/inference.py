@@ -135,28 +135,53 @@ def softmax_(logits: np.ndarray) -> np.ndarray:
     return logits
 
 
-def _weights_version(model: nn.Module) -> int:
-    return sum(int(p._version) for p in model.parameters())
-
-
 def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def _weights_key(model: nn.Module) -> tuple:
+    """Identity + in-place version of every parameter and buffer: changes when training steps."""
+    return tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers()))
+
+
+_FAST_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _fast_copy(model: nn.Module, spec: NetSpec, device: torch.device) -> nn.Module:
+    """The fast evaluation copy of ``model`` on ``device``, rebuilt only when its weights change.
+
+    Interactive use predicts the same model over and over (visible slice, whole volume); one
+    copy per model is kept (weakly: it goes with the model).
+    """
+    key = (str(device), _weights_key(model))
+    hit = _FAST_CACHE.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    fast = inference_copy(spec.net, device)
+    try:
+        _FAST_CACHE[model] = (key, fast)
+    except TypeError:  # pragma: no cover - not weak-referenceable
+        pass
+    return fast
 
 
 class _Runner:
     """Runs batches of normalised tiles through the fast copy of a net on one device."""
 
-    def __init__(self, spec: NetSpec, device: torch.device, dtype: torch.dtype | None) -> None:
+    def __init__(self, model: nn.Module, spec: NetSpec, device: torch.device,
+                 dtype: torch.dtype | None) -> None:
         self.device = device
         self.dtype = dtype
-        self.net = inference_copy(spec.net, device)
+        self.net = _fast_copy(model, spec, device)
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def __call__(self, batch: np.ndarray) -> torch.Tensor:
+        """(B, C, Z, Y, X) float32 numpy -> logits (B, K, Z', Y', X') float32 CPU tensor."""
         x = torch.from_numpy(batch).to(self.device, non_blocking=True)
         x = x.contiguous(memory_format=torch.channels_last_3d)
         with torch.inference_mode(), _autocast(self.device, self.dtype):
             y = self.net(x)
-        return y.float().contiguous().cpu().numpy()
+        with torch.inference_mode():
+            return y.float().cpu().contiguous()
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -179,21 +204,21 @@ def _read_tile(image: Any, tile: tiling.Tile, shape: Sequence[int], stats) -> np
     return apply_stats(tiling.read_region(image, tile.in_start, shape), stats)
 
 
-def _choose_precision(precision: str, runner_fp32: _Runner, spec: NetSpec, device: torch.device,
-                      probe: np.ndarray) -> torch.dtype | None:
+def _choose_precision(precision: str, runner_fp32: _Runner, model: nn.Module,
+                      device: torch.device, probe: np.ndarray) -> torch.dtype | None:
     if str(precision).lower() != "auto":
         return precision_dtype(precision, device)
     reduced = reduced_precision_dtype(device)
     if reduced is None:
         return None
-    key = (str(device), _weights_version(spec.net), probe.shape[1:], str(reduced))
-    cache = _AUTO_CACHE.setdefault(spec.net, {})
+    key = (str(device), _weights_key(model), probe.shape[1:], str(reduced))
+    cache = _AUTO_CACHE.setdefault(model, {})
     if key in cache:
         return cache[key]
-    ref = softmax_(runner_fp32(probe[None])[0])
+    ref = torch.softmax(runner_fp32(probe[None])[0], 0).numpy()
     runner_fp32.dtype = reduced
     try:
-        low = softmax_(runner_fp32(probe[None])[0])
+        low = torch.softmax(runner_fp32(probe[None])[0], 0).numpy()
     finally:
         runner_fp32.dtype = None
     agree = float((ref.argmax(0) == low.argmax(0)).mean())
@@ -288,7 +313,7 @@ def predict(
 
     while True:
         try:
-            _predict_on(img, spec, dev, precision, tile, ov, batch_size, stats, region,
+            _predict_on(img, model, spec, dev, precision, tile, ov, batch_size, stats, region,
                         progress, cancel, out)
             return out
         except _TileTooLarge:
@@ -318,7 +343,7 @@ def _shrink_tile(spec: NetSpec, tile: Sequence[int]) -> tuple[int, int, int] | N
     return None if tuple(half) == tuple(tile) else half  # type: ignore[return-value]
 
 
-def _predict_on(img, spec: NetSpec, dev: torch.device, precision: str, tile: Sequence[int],
+def _predict_on(img, model: nn.Module, spec: NetSpec, dev: torch.device, precision: str, tile: Sequence[int],
                 overlap, batch_size, stats, region, progress, cancel, out) -> None:
     """One attempt on one device with one tile shape; raises _TileTooLarge on OOM at batch 1."""
     if spec.padding == "valid":
@@ -330,9 +355,9 @@ def _predict_on(img, spec: NetSpec, dev: torch.device, precision: str, tile: Seq
     batch = int(batch_size) if batch_size else _default_batch(total, layout.in_shape, dev)
     log.debug("predict: %d tiles of %s on %s, batch %d", total, layout.in_shape, dev, batch)
     try:
-        runner = _Runner(spec, dev, None)
+        runner = _Runner(model, spec, dev, None)
         first = _read_tile(img, tiles[0], layout.in_shape, stats)
-        runner.dtype = _choose_precision(precision, runner, spec, dev, first)
+        runner.dtype = _choose_precision(precision, runner, model, dev, first)
     except Exception as exc:
         if _is_oom(exc):
             _free_device_memory(dev)
@@ -363,15 +388,20 @@ def _predict_on(img, spec: NetSpec, dev: torch.device, precision: str, tile: Seq
     sink.close()
 
 
+def _to_out(out: Any, key: tuple, probs: torch.Tensor) -> None:
+    out[key] = probs.numpy().astype(out.dtype, copy=False)
+
+
 class _DirectSink:
     """Valid nets: each output voxel comes from exactly one tile; write probabilities."""
 
     def __init__(self, out: Any) -> None:
         self.out = out
 
-    def add(self, tile: tiling.Tile, logits: np.ndarray) -> None:
-        probs = softmax_(logits[(slice(None), *tile.write)])
-        self.out[(slice(None), *tile.dest)] = probs.astype(self.out.dtype, copy=False)
+    def add(self, tile: tiling.Tile, logits: torch.Tensor) -> None:
+        with torch.inference_mode():
+            probs = torch.softmax(logits[(slice(None), *tile.write)], 0)
+        _to_out(self.out, (slice(None), *tile.dest), probs)
 
     def close(self) -> None:
         pass
@@ -382,6 +412,7 @@ class _BlendSink:
 
     Tiles arrive in z-major order, so when a tile starts at region row z0, every row above z0
     is final: it is normalised, soft-maxed and written to ``out``, and the slab moves down.
+    Arithmetic runs in torch (multi-threaded) on CPU tensors.
     """
 
     def __init__(self, out: Any, region, layout: tiling.Layout) -> None:
@@ -389,33 +420,35 @@ class _BlendSink:
         k = out.shape[0]
         ry, rx = (region[1][1] - region[1][0]), (region[2][1] - region[2][0])
         self.depth = min(layout.in_shape[0], region[0][1] - region[0][0])
-        self.acc = np.zeros((k, self.depth, ry, rx), np.float32)
-        self.wsum = np.zeros((self.depth, ry, rx), np.float32)
+        self.acc = torch.zeros((k, self.depth, ry, rx), dtype=torch.float32)
+        self.wsum = torch.zeros((self.depth, ry, rx), dtype=torch.float32)
         self.z0 = 0  # region row held in slab row 0
         self.zend = region[0][1] - region[0][0]
-        self.weights = tiling.gaussian_weights(layout.in_shape)
+        self.weights = torch.from_numpy(tiling.gaussian_weights(layout.in_shape))
 
     def _flush(self, upto: int) -> None:
         n = min(upto, self.zend, self.z0 + self.depth) - self.z0
         if n <= 0:
             return
-        probs = softmax_(self.acc[:, :n] / np.maximum(self.wsum[:n], 1e-12))
-        self.out[:, self.z0:self.z0 + n] = probs.astype(self.out.dtype, copy=False)
-        keep = self.depth - n
-        if keep > 0:
-            self.acc[:, :keep] = self.acc[:, n:].copy()
-            self.wsum[:keep] = self.wsum[n:].copy()
-        self.acc[:, keep:] = 0
-        self.wsum[keep:] = 0
+        with torch.inference_mode():
+            probs = torch.softmax(self.acc[:, :n] / self.wsum[:n].clamp_min(1e-12), 0)
+            _to_out(self.out, (slice(None), slice(self.z0, self.z0 + n)), probs)
+            keep = self.depth - n
+            if keep > 0:
+                self.acc[:, :keep] = self.acc[:, n:].clone()
+                self.wsum[:keep] = self.wsum[n:].clone()
+            self.acc[:, keep:] = 0
+            self.wsum[keep:] = 0
         self.z0 += n
 
-    def add(self, tile: tiling.Tile, logits: np.ndarray) -> None:
+    def add(self, tile: tiling.Tile, logits: torch.Tensor) -> None:
         dz, dy, dx = tile.dest
         self._flush(dz.start)
-        w = self.weights[tile.write]
         rows = slice(dz.start - self.z0, dz.stop - self.z0)
-        self.acc[:, rows, dy, dx] += logits[(slice(None), *tile.write)] * w
-        self.wsum[rows, dy, dx] += w
+        with torch.inference_mode():
+            w = self.weights[tile.write]
+            self.acc[:, rows, dy, dx].addcmul_(logits[(slice(None), *tile.write)], w)
+            self.wsum[rows, dy, dx] += w
 
     def close(self) -> None:
         self._flush(self.zend)
