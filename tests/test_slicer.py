@@ -469,6 +469,22 @@ def test_finetune_run_with_scribbles_probability_and_saved_model(tmp_path, capsy
     assert "fine-tuned in 3D Slicer" in tuned.meta["description"]
 
 
+def test_real_t1_crop_keeps_its_permuted_geometry(tmp_path, capsys):
+    """Real int16 MRI with a permuted (coronal) direction, as Slicer would write it."""
+    from napari_cnnseg.core.io import read_volume, write_volume
+    from napari_cnnseg.core.sample_data import load_brain_t1
+
+    ckpt = _tiny_checkpoint(tmp_path, num_classes=2)
+    image, _ = load_brain_t1()
+    crop = image.with_array(np.ascontiguousarray(image.array[20:36, 40:72, 48:80]))
+    src, out = tmp_path / "t1.nrrd", tmp_path / "t1_labels.nrrd"
+    write_volume(src, crop)
+    assert slicer.main(["--model_file", str(ckpt), "--device", "cpu", str(src), str(out)]) == 0
+    assert capsys.readouterr().err == ""
+    _assert_same_geometry(src, out)
+    assert set(np.unique(read_volume(out).array)) <= {0, 1}
+
+
 @pytest.mark.slow
 def test_shipped_model_runs_by_name(tmp_path, capsys):
     _engine()
