@@ -46,6 +46,8 @@ __all__ = ["predict", "wrap_module", "WrappedNet", "default_tile_shape", "softma
 
 #: default tile edge (input voxels per axis) on CPU and GPU
 DEFAULT_TILE = 96
+#: valid nets: default tile output edge (the tile input adds 2 * margin)
+DEFAULT_VALID_OUTPUT = 64
 #: default overlap of blended (same-padding) tiles, fraction of the tile
 DEFAULT_OVERLAP = 0.25
 #: precision="auto": minimum fraction of probe voxels whose argmax matches fp32
@@ -99,16 +101,23 @@ def _region(roi: Any, shape: Sequence[int]) -> list[tuple[int, int]]:
 
 def default_tile_shape(spec: NetSpec, region_shape: Sequence[int],
                        tile_shape: Sequence[int] | int | None = None) -> tuple[int, int, int]:
-    """Tile input shape (Z, Y, X) the net accepts: the requested (default 96^3) or smaller.
+    """Tile input shape (Z, Y, X) the net accepts: the requested one, or the default.
 
-    Never larger than needed to cover ``region_shape`` in one tile; for valid nets the tile
-    output is at least one lattice step.
+    Default: 96^3 for same nets; for valid nets the larger of 96 and ``2 * margin + 64`` per
+    axis (so that a net losing 44 voxels per side still gets ~64^3 outputs per tile). Never
+    larger than needed to cover ``region_shape`` in one tile; for valid nets the tile output is
+    at least one lattice step.
     """
-    req = (DEFAULT_TILE,) * 3 if tile_shape is None else tile_shape
-    req = (int(req),) * 3 if isinstance(req, (int, np.integer)) else tuple(int(t) for t in req)
+    m, p = spec.margin, spec.lattice
+    if tile_shape is None:  # valid nets: big enough that most of the tile is output
+        req = tuple(max(DEFAULT_TILE, 2 * mi + DEFAULT_VALID_OUTPUT) if spec.padding == "valid"
+                    else DEFAULT_TILE for mi in m)
+    elif isinstance(tile_shape, (int, np.integer)):
+        req = (int(tile_shape),) * 3
+    else:
+        req = tuple(int(t) for t in tile_shape)
     if len(req) != 3 or min(req) < 1:
         raise InputError(f"tile shape must be 3 positive integers (z, y, x), got {tile_shape!r}")
-    m, p = spec.margin, spec.lattice
     if spec.padding == "valid":
         lo = spec.valid_input_shape([2 * mi + pi for mi, pi in zip(m, p, strict=True)])
         need = spec.valid_input_shape([n + 2 * mi for n, mi in zip(region_shape, m, strict=True)])
@@ -232,7 +241,7 @@ def _choose_precision(precision: str, runner_fp32: _Runner, model: nn.Module,
 
 def _default_batch(n_tiles: int, tile_in: Sequence[int], device: torch.device) -> int:
     vox = math.prod(tile_in)
-    cap = 4 if vox <= 96**3 else 2
+    cap = 4 if vox <= 96**3 else (2 if vox <= 144**3 else 1)
     if device.type != "cpu":
         cap = max(1, min(8, (8 * 96**3) // max(vox, 1)))
     return max(1, min(n_tiles, cap))
@@ -259,11 +268,13 @@ def predict(
         image: (Z, Y, X) or (C, Z, Y, X) numpy, zarr or dask array (read tile by tile).
         model: a network of ``core.models`` (patch classifiers are made dense), or any module
             wrapped with :func:`wrap_module`. Never modified (a fast copy runs).
-        tile_shape: tile input (Z, Y, X) or one int; default 96^3, rounded up to a shape the
-            net accepts and shrunk to the volume when smaller.
+        tile_shape: tile input (Z, Y, X) or one int; default 96^3 (valid nets: at least
+            ``2 * margin + 64``), rounded up to a shape the net accepts and shrunk to the volume
+            when smaller.
         overlap: blended (same-padding) nets only: fraction of the tile shared with each
             neighbour, scalar or per axis, default 0.25. Valid nets tile exactly, no overlap.
-        batch_size: tiles per forward pass; default 4 (2 for tiles over 96^3) on the CPU.
+        batch_size: tiles per forward pass; default 4 on the CPU (2 for tiles over 96^3, 1 over
+            144^3); on GPUs up to 8 96^3 tiles' worth (OOM halves it).
         device: "auto" | "cpu" | "cuda" | "cuda:N" | "mps".
         precision: "auto" | "fp32" | "bf16" | "fp16" (see module docstring).
         normalization: normalisation spec (``core.normalization``); None -> the model's
