@@ -334,6 +334,8 @@ def test_registry_names_and_defaults():
         ("patch_classifier", {"pool_after": [9]}, "1..4"),
         ("patch_classifier", {"pool_kernel": 2}, "odd"),
         ("patch_classifier", {"widths": "abc"}, "list of integers"),
+        ("patch_classifier", {"widths": "12"}, "list of integers"),
+        ("multiscale", {"head_widths": [2.5]}, "list of integers"),
     ],
 )
 def test_bad_configs_raise_input_error(name, config, match):

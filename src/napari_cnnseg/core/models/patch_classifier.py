@@ -36,6 +36,8 @@ from .base import NORMS, SegNet, check_choice, check_float, check_int, make_norm
 def _as_int_tuple(name: str, value: Any) -> tuple[int, ...]:
     if isinstance(value, int) and not isinstance(value, bool):
         value = (value,)
+    if isinstance(value, (str, bytes)):
+        raise InputError(f"{name} must be a list of integers, got {value!r}")
     try:
         out = tuple(int(v) for v in value)
     except (TypeError, ValueError):
