@@ -146,6 +146,9 @@ def test_bad_sidecars(tmp_path, small_unet):
     side.write_text(json.dumps({**doc, "arch": "transformer"}))
     with pytest.raises(CheckpointError, match="choose one of"):
         load_model(side)
+    side.write_text(json.dumps({**doc, "config": [1, 2]}))
+    with pytest.raises(CheckpointError, match="JSON object"):
+        load_model(side)
 
 
 def test_failed_write_keeps_previous_checkpoint(tmp_path, small_unet, monkeypatch):

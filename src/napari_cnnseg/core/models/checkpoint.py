@@ -260,6 +260,8 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
             f"{weights.name} does not match its sidecar {sidecar.name} (checksum differs); "
             "save both files together with save_model"
         )
+    if not isinstance(doc.get("arch"), str) or not isinstance(doc.get("config", {}), dict):
+        raise CheckpointError(f"{sidecar}: 'arch' must be a name and 'config' a JSON object")
     try:
         model = build_model(doc["arch"], **doc.get("config", {}))
     except (KeyError, InputError) as exc:
@@ -285,7 +287,8 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
         )
     model.load_state_dict(tensors, strict=True)
     model.eval()
-    model.meta = dict(doc.get("meta") or {})
+    meta = doc.get("meta")
+    model.meta = dict(meta) if isinstance(meta, dict) else {}
     model.meta.setdefault("package_version", doc.get("package_version"))
     return model.to(_device(device))
 
