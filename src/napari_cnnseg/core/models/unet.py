@@ -236,7 +236,8 @@ class UNet3D(SegNet):
         depth = len(self.pools)
         for lvl in range(depth):
             x = self.encoders[lvl](x)
-            skips.append(x)
+            if self.skips:  # without skips, do not keep encoder maps alive
+                skips.append(x)
             x = self.pools[lvl](x)
         x = self.encoders[depth](x)
         for i, lvl in enumerate(reversed(range(depth))):
