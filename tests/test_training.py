@@ -20,23 +20,14 @@ FAMILIES = {
     "unet": dict(depth=1, base_width=4, anisotropic_levels=1),
     "unet_same": dict(depth=1, base_width=4, padding="same"),
     "encoder_decoder": dict(depth=1, base_width=4),
-    "multiscale": None,  # default config, scaled down below where the registry allows
+    "multiscale": dict(widths=(4, 4), factors=(3,), head_widths=(8,)),
     "patch_classifier": dict(patch_size=9, widths=(4, 4), pool_after=(), fc_widths=(8,)),
 }
 
 
 def _net(family: str, k: int = 2) -> torch.nn.Module:
-    cfg = dict(FAMILIES[family] or {})
     name = "unet" if family == "unet_same" else family
-    if family == "multiscale":
-        from napari_cnnseg.core.models.registry import default_config
-
-        base = default_config("multiscale")
-        cfg = {key: val for key, val in base.items() if key not in ("in_channels", "num_classes")}
-        for key in ("base_width", "width", "widths"):
-            if key in cfg and isinstance(cfg[key], int):
-                cfg[key] = 4
-    return build_model(name, in_channels=1, num_classes=k, **cfg)
+    return build_model(name, in_channels=1, num_classes=k, **FAMILIES[family])
 
 
 def _toy(shape=(12, 28, 28), seed=0):
@@ -148,6 +139,7 @@ def test_no_scribbles_or_bad_values_raise_clear_errors():
 
 
 # --------------------------------------------------------------------------- training
+@pytest.mark.slow
 def test_loss_decreases_on_a_toy_volume():
     image, _, scr = _toy()
     net = _net("unet")
