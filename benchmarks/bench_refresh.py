@@ -4,13 +4,13 @@ Simulates: scribbles changed (autosave) + "Fine-tune" clicked on a 128^3 volume 
 measures the time to the first refreshed visible slice (the dock repaints it when
 ``on_region`` fires) and the time of the whole-volume refresh when training ends.
 
-    python benchmarks/bench_refresh.py [--size 128] [--seconds 5] [--update-every 5] [--model NAME]
+    python benchmarks/bench_refresh.py [--size 128] [--seconds 5] [--refresh-every 5] [--model NAME]
 
 One JSON line. Keys: ``first_slice_s`` (click -> first refreshed slice; target <= 2),
 ``whole_volume_s`` (whole-volume refresh after training; target <= 10), ``click_to_whole_s``
 (click -> whole volume shown, includes the training budget), ``train_s``, ``steps``,
 ``slice_refreshes``, ``slice_refresh_s`` (mean time of one slice prediction), ``size``,
-``update_every``, ``model``, ``device``, ``threads``.
+``refresh_every``, ``model``, ``device``, ``threads``.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=128, help="volume edge in voxels (default 128)")
     parser.add_argument("--seconds", type=float, default=5.0, help="training budget (default 5)")
-    parser.add_argument("--update-every", type=int, default=5,
-                        help="steps between live slice refreshes (the dock's default: 5)")
+    parser.add_argument("--refresh-every", type=int, default=5,
+                        help="steps between live slice refreshes after the first step "
+                             "(the dock's default: 5)")
     parser.add_argument("--model", default=None,
                         help="shipped model name or checkpoint; default a new small U-Net")
     parser.add_argument("--device", default="cpu")
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         outcome = session.finetune(
             scribbles,
             seconds=args.seconds,
-            update_every=args.update_every,
+            refresh_every=args.refresh_every,
             region=timed_region,
             on_region=on_region,
             refresh=False,
@@ -92,11 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         "whole_volume_s": round(t_whole - t_train, 3),
         "click_to_whole_s": round(t_whole - t0, 3),
         "train_s": round(t_train - t0, 3),
-        "steps": len(outcome.losses),
+        "steps": outcome.steps,
         "slice_refreshes": len(events),
         "slice_refresh_s": round(float(np.mean(per_slice)), 3) if per_slice else None,
         "size": n,
-        "update_every": args.update_every,
+        "refresh_every": args.refresh_every,
         "model": args.model or "unet " + ",".join(f"{k}={v}" for k, v in FALLBACK_CONFIG.items()),
         "device": args.device,
         "threads": torch.get_num_threads(),

@@ -80,6 +80,7 @@ def test_segment_every_family(phantom, tmp_path, family):
 
 
 def test_region_equals_whole_and_applies_in_place(session):
+    session.predict_options["precision"] = "fp32"  # live refreshes always run in fp32
     res = session.segment()
     labels_id, probs_id = id(res.labels), id(res.probabilities)
     roi = session.slice_roi(0, 5)
@@ -111,7 +112,7 @@ def test_finetune_live_refresh_then_undo_restores_exact_weights(session, phantom
     out = session.finetune(
         _scribbles_from(labels.array),
         steps=4,
-        update_every=2,
+        refresh_every=2,
         batch_size=2,
         crop_shape=(4, 12, 12),
         region=lambda: session.slice_roi(0, 3),

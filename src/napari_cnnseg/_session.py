@@ -150,12 +150,15 @@ class FinetuneOutcome:
         stopped: True if the user stopped training early (the weights reached so far are kept).
         results: whole-volume results with the new weights (None if not refreshed).
         region_updates: number of live region refreshes done during training.
+        steps: training steps done (also when stopped early).
+        losses: training loss of every step (empty when stopped early).
     """
 
     history: Any = None
     stopped: bool = False
     results: Results | None = None
     region_updates: int = 0
+    steps: int = 0
     losses: list[float] = field(default_factory=list)
 
 
@@ -368,12 +371,43 @@ class Session:
                 "Segment dock or choose a model trained on the same channels"
             )
 
+    def _auto_tile_shape(self) -> tuple[int, int, int] | None:
+        """Tile request for nets with wide valid margins (None = predict's default).
+
+        A valid net loses ``2 * margin`` voxels per tile; with predict's default 96^3 tiles a
+        net with a 44-voxel margin would keep only 8^3 of every tile. Ask for tiles whose
+        output is at least ~48 voxels per axis instead (predict still clips them to the image).
+        """
+        margin = getattr(self.model, "margin", None)
+        if margin is None and hasattr(self.model, "to_dense"):
+            try:
+                from .core.models import as_dense
+
+                margin = getattr(as_dense(self.model), "margin", None)
+            except Exception:  # noqa: BLE001 - fall back to predict's default
+                return None
+        if margin is None or max(int(m) for m in margin) <= 16:
+            return None
+        return tuple(max(96, 2 * int(m) + 48) for m in margin)  # type: ignore[return-value]
+
     def _predict(
-        self, roi: Roi | None, progress: ProgressFn | None, cancel: CancelFn | None
+        self,
+        roi: Roi | None,
+        progress: ProgressFn | None,
+        cancel: CancelFn | None,
+        *,
+        live: bool = False,
     ) -> np.ndarray:
         from .core.inference import predict
 
         options = {k: v for k, v in self.predict_options.items() if v is not None}
+        if "tile_shape" not in options:
+            tile = self._auto_tile_shape()
+            if tile is not None:
+                options["tile_shape"] = tile
+        if live and options.get("precision", "auto") == "auto":
+            # weights change between live refreshes: skip the per-weights bf16 probe
+            options["precision"] = "fp32"
         was_training = bool(getattr(self.model, "training", False))
         try:
             probs = predict(
@@ -428,7 +462,7 @@ class Session:
         self.check_ready()
         roi = tuple(slice(*s.indices(n)[:2]) for s, n in zip(roi, self.spatial_shape, strict=True))  # type: ignore[assignment]
         step = self._weights_step
-        probs = self._predict(roi, None, cancel)
+        probs = self._predict(roi, None, cancel, live=True)
         k = probs.shape[0]
         labels = np.argmax(probs, axis=0).astype(_labels_dtype(k))
         return RegionUpdate(roi, labels, probs, normalized_entropy(probs), weights_step=step)
@@ -504,10 +538,9 @@ class Session:
         *,
         steps: int | None = None,
         seconds: float | None = None,
-        update_every: int | None = None,
+        refresh_every: int = 5,
         region: Callable[[], Roi | None] | None = None,
         on_region: Callable[[RegionUpdate], None] | None = None,
-        on_loss: Callable[[int, float], None] | None = None,
         refresh: bool = True,
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
@@ -516,39 +549,45 @@ class Session:
     ) -> FinetuneOutcome:
         """Fine-tune the current model on ``scribbles`` with live region refreshes.
 
-        The weights before training are pushed on the Undo stack. Every ``update_every`` steps
-        the region returned by ``region()`` (e.g. the visible slice) is predicted and passed to
-        ``on_region``. Stopping (``cancel()`` True) keeps the weights reached so far. With
-        ``refresh`` the whole volume is predicted afterwards and stored in :attr:`results`.
+        The weights before training are pushed on the Undo stack. After the first training step
+        and then every ``refresh_every`` steps, the region returned by ``region()`` (e.g. the
+        visible slice) is predicted with the current weights and passed to ``on_region``, so the
+        user sees the effect of the new strokes after one step. Stopping (``cancel()`` True)
+        keeps the weights reached so far. With ``refresh`` the whole volume is predicted
+        afterwards and stored in :attr:`results`.
 
         Args:
             scribbles: (Z, Y, X) int array, 0 = unlabelled, k = class k-1.
             steps, seconds: training budget (see ``core.training.finetune``).
-            update_every: steps between live refreshes (None = finetune's default).
+            refresh_every: training steps between live refreshes (>= 1).
             region: returns the roi (z, y, x slices) to refresh live, or None to skip.
             on_region: receives each :class:`RegionUpdate` (called in the training thread).
-            on_loss: receives ``(step, loss)`` when the trainer reports a loss.
             refresh: predict the whole volume after training.
-            progress, cancel: training progress / stop request.
+            progress, cancel: training progress ``(step, total)`` / stop request.
             refresh_progress: progress of the whole-volume refresh.
-            **train_options: more keyword arguments for ``core.training.finetune``.
+            **train_options: more keyword arguments for ``core.training.finetune`` (lr,
+                batch_size, crop_shape, prior_weight, keep_best, device, precision, ...).
         """
         from .core.training import finetune
 
         scribbles = self.check_scribbles(scribbles)
+        every = max(1, int(refresh_every))
         outcome = FinetuneOutcome()
         self._push_version()
         model = self.model
+        last = [0]
 
-        def _on_update(*args: Any, **kwargs: Any) -> None:
+        def _on_step(done: int, total: int) -> None:
+            # called by the trainer after every optimisation step (weights consistent)
             self._weights_step += 1
-            hist = kwargs.get("history") or next(
-                (a for a in args[1:] if hasattr(a, "losses")), None
-            )
-            if hist is not None and on_loss is not None and hist.losses:
-                on_loss(len(hist.losses), float(hist.losses[-1]))
-            roi = region() if region is not None else None
-            if roi is not None and on_region is not None:
+            outcome.steps = done
+            if progress is not None:
+                progress(done, total)
+            if region is None or on_region is None or not (done == 1 or done - last[0] >= every):
+                return
+            roi = region()
+            if roi is not None:
+                last[0] = done
                 on_region(self.predict_region(roi))
                 outcome.region_updates += 1
 
@@ -559,9 +598,7 @@ class Session:
                 scribbles,
                 steps=steps,
                 seconds=seconds,
-                update_every=update_every,
-                on_update=_on_update,
-                progress=progress,
+                progress=_on_step,
                 cancel=cancel,
                 **train_options,
             )

@@ -30,7 +30,10 @@ from ._session import Session
 logger = logging.getLogger(__name__)
 
 #: small U-Net used when no model is shipped (anisotropic first level for 3 mm slices)
-FALLBACK_CONFIG = {"depth": 2, "base_width": 8, "padding": "valid", "anisotropic_levels": 1}
+FALLBACK_CONFIG = {
+    "depth": 2, "base_width": 8, "padding": "valid", "anisotropic_levels": 1,
+    "upsampling": "trilinear",
+}
 FALLBACK_LR = 3e-3
 
 

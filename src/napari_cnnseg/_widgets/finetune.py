@@ -1,9 +1,10 @@
 """The "Fine-tune" dock: paint scribbles, fine-tune with live refresh, Undo, Save model.
 
 Shares the viewer's :class:`~napari_cnnseg._widgets._shared.Controller` (session, chosen image,
-running job) with the Segment dock. While training runs in a worker, every ``update_every``
-steps the **visible slice** (2D view) of the labels / response maps / uncertainty layers is
-re-predicted and repainted; when training ends (or Stop is pressed) the whole volume is.
+running job) with the Segment dock. While training runs in a worker, after the first step and
+then every "Refresh every" steps the **visible slice** (2D view) of the labels / response maps /
+uncertainty layers is re-predicted and repainted; when training ends (or Stop is pressed) the
+whole volume is.
 Scribbles are autosaved on every stroke (see :mod:`napari_cnnseg._autosave`) and restored
 when a scribbles layer is added for the same image.
 
@@ -361,7 +362,7 @@ class FinetuneWidget(QWidget):
             "precision": session.predict_options.get("precision") or "auto",
             **train_options,
         }
-        update_every = self.every_spin.value()
+        refresh_every = self.every_spin.value()
         self._update_roi()
         self.refresh_log = []
         self.last_error = None
@@ -382,10 +383,9 @@ class FinetuneWidget(QWidget):
                 scribbles,
                 steps=steps,
                 seconds=seconds,
-                update_every=update_every,
+                refresh_every=refresh_every,
                 region=lambda: self._roi,
                 on_region=ctx.emit,
-                on_loss=lambda step, loss: ctx.emit(("loss", step, loss)),
                 progress=ctx.progress,
                 cancel=ctx.cancel,
                 refresh_progress=refresh_progress,
@@ -398,14 +398,12 @@ class FinetuneWidget(QWidget):
                     self.refresh_log.append((time.perf_counter() - self._t0, obj.roi))
             elif obj == "refresh":
                 self.status.setText("Training done; refreshing the whole volume…")
-            elif isinstance(obj, tuple) and obj and obj[0] == "loss":
-                self._loss = obj[2]
 
         def done(outcome: Any) -> None:
             self.last_outcome = outcome
             show_results(self.viewer, img, session)
             self.refresh_log.append((time.perf_counter() - self._t0, ()))
-            n = len(outcome.losses)
+            n = outcome.steps
             loss = f", last loss {outcome.losses[-1]:.3f}" if outcome.losses else ""
             how = "stopped after" if outcome.stopped else "done:"
             self.status.setText(f"Fine-tuning {how} {n} steps{loss}. Undo goes back.")
@@ -428,9 +426,7 @@ class FinetuneWidget(QWidget):
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(min(done, max(total, 1)))
         if not self.status.text().startswith("Training done"):
-            loss = getattr(self, "_loss", None)
-            extra = f" · loss {loss:.3f}" if loss is not None else ""
-            self.status.setText(f"Fine-tuning: step {done}/{total}{extra}")
+            self.status.setText(f"Fine-tuning: step {done}/{total}")
 
     def _register_job(self, job: Any) -> None:
         self.ctrl.job = job

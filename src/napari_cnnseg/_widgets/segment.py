@@ -447,9 +447,29 @@ class SegmentWidget(QWidget):
         self.status.setText(f"Error: {self.last_error}")
 
     def _on_controller(self, what: str) -> None:
+        if what == "model":
+            self._sync_model_entry()
         if what in ("model", "results", "busy"):
             self.description.setText(self.session.describe_model())
             self._update_buttons()
+
+    def _sync_model_entry(self) -> None:
+        """Show the session's model in the picker (also when set by script or the other dock)."""
+        source = self.session.model_source
+        if self.session.model is None or not source:
+            return
+        if source.startswith("new "):
+            entry = ("new", source[4:])
+        elif any(self.model_combo.itemData(i) == ("pretrained", source)
+                 for i in range(self.model_combo.count())):
+            entry = ("pretrained", source)
+        else:
+            entry = ("checkpoint", source)
+        if self.model_combo.currentData() != entry:
+            self.model_combo.blockSignals(True)
+            self._select_entry(*entry)
+            self.model_combo.blockSignals(False)
+        self._show_class_editors(entry[0] == "new")
 
     def _update_buttons(self) -> None:
         busy = self.ctrl.busy
