@@ -196,6 +196,9 @@ def test_fold_batchnorm_skips_unsafe_pairs():
     assert fold_batchnorm(net) == 0
     seq = nn.Sequential(nn.Sequential(nn.Conv3d(1, 2, 3), nn.Dropout(0.1)), nn.BatchNorm3d(2)).eval()
     assert fold_batchnorm(seq) == 1
+    conv = nn.Conv3d(2, 2, 3, padding=1)
+    shared = nn.Sequential(conv, nn.BatchNorm3d(2), conv).eval()  # weights used twice
+    assert fold_batchnorm(shared) == 0
 
 
 def test_progress_reaches_total_and_cancel_stops(rng):

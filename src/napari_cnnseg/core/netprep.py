@@ -199,12 +199,16 @@ def fold_batchnorm(model: nn.Module) -> int:
 
     Only pairs that run back to back inside (nested) plain ``nn.Sequential`` containers are
     folded, so the conv output provably feeds nothing else; no-op layers in between
-    (Identity, eval Dropout) are skipped. Exact up to float rounding.
+    (Identity, eval Dropout) are skipped; a conv module used at several places is left alone.
+    Exact up to float rounding.
 
     Returns:
         The number of BatchNorm layers folded.
     """
     folded = 0
+    uses: dict[int, int] = {}
+    for _, m in model.named_modules(remove_duplicate=False):
+        uses[id(m)] = uses.get(id(m), 0) + 1
     for module in list(model.modules()):
         if not _is_plain_sequential(module):
             continue
@@ -221,7 +225,8 @@ def fold_batchnorm(model: nn.Module) -> int:
                 folded += 1
                 prev = None
                 continue
-            prev = (parent, name, leaf) if isinstance(leaf, _CONVS) and not leaf.training else None
+            shared = uses.get(id(leaf), 0) > 1  # the same conv used elsewhere too
+            prev = (parent, name, leaf) if isinstance(leaf, _CONVS) and not leaf.training and not shared else None
     return folded
 
 
