@@ -97,6 +97,7 @@ def test_finetune_loop_live_slice_refresh_undo_and_save(
     assert rois[:-1] == [(slice(2, 3), slice(0, 24), slice(0, 24))] * 2
     assert rois[-1] == ()
     assert fin.last_outcome.region_updates == 2 and len(fin.last_outcome.losses) == 4
+    assert "4 steps, last loss" in fin.status.text()
     assert viewer.layers["phantom labels"] is lbl_layer  # updated in place
     np.testing.assert_array_equal(lbl_layer.data, seg.session.results.labels)
     w1 = _weights(seg.session.model)

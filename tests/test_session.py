@@ -108,11 +108,12 @@ def test_finetune_live_refresh_then_undo_restores_exact_weights(session, phantom
     _, labels = phantom
     session.segment()
     w0 = _weights(session.model)
-    seen = []
+    seen, live_losses = [], []
     out = session.finetune(
         _scribbles_from(labels.array),
         steps=4,
         refresh_every=2,
+        on_loss=lambda step, loss: live_losses.append(loss),
         batch_size=2,
         crop_shape=(4, 12, 12),
         region=lambda: session.slice_roi(0, 3),
@@ -121,6 +122,7 @@ def test_finetune_live_refresh_then_undo_restores_exact_weights(session, phantom
     assert out.region_updates == 2 and len(seen) == 2
     assert all(u.probabilities.shape == (4, 1, 28, 28) for u in seen)
     assert len(out.losses) == 4 and all(np.isfinite(out.losses))
+    assert live_losses == out.losses  # the live loss the dock shows is the trainer's
     assert out.results is session.results and out.results.labels.shape == (12, 28, 28)
     w1 = _weights(session.model)
     assert any(not torch.equal(w0[k], w1[k]) for k in w0)
@@ -144,7 +146,7 @@ def test_stop_keeps_weights_and_refreshes(session, phantom):
         _scribbles_from(labels.array), steps=50, batch_size=2, crop_shape=(4, 12, 12),
         cancel=cancel,
     )
-    assert out.stopped and out.results is not None
+    assert out.stopped and out.results is not None and out.steps == 2 == len(out.losses)
     assert any(not torch.equal(w0[k], v) for k, v in session.model.state_dict().items())
     assert session.undo()
     assert all(torch.equal(w0[k], v) for k, v in session.model.state_dict().items())

@@ -145,13 +145,13 @@ class FinetuneOutcome:
     """What :meth:`Session.finetune` did.
 
     Attributes:
-        history: the ``FinetuneHistory`` of ``core.training.finetune`` (None if stopped before
-            it returned).
+        history: the ``FinetuneHistory`` filled by ``core.training.finetune`` (also when
+            stopped early).
         stopped: True if the user stopped training early (the weights reached so far are kept).
         results: whole-volume results with the new weights (None if not refreshed).
         region_updates: number of live region refreshes done during training.
         steps: training steps done (also when stopped early).
-        losses: training loss of every step (empty when stopped early).
+        losses: training loss of every step.
     """
 
     history: Any = None
@@ -541,6 +541,7 @@ class Session:
         refresh_every: int = 5,
         region: Callable[[], Roi | None] | None = None,
         on_region: Callable[[RegionUpdate], None] | None = None,
+        on_loss: Callable[[int, float], None] | None = None,
         refresh: bool = True,
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
@@ -562,17 +563,18 @@ class Session:
             refresh_every: training steps between live refreshes (>= 1).
             region: returns the roi (z, y, x slices) to refresh live, or None to skip.
             on_region: receives each :class:`RegionUpdate` (called in the training thread).
+            on_loss: receives ``(step, loss)`` after every step (training thread).
             refresh: predict the whole volume after training.
             progress, cancel: training progress ``(step, total)`` / stop request.
             refresh_progress: progress of the whole-volume refresh.
             **train_options: more keyword arguments for ``core.training.finetune`` (lr,
                 batch_size, crop_shape, prior_weight, keep_best, device, precision, ...).
         """
-        from .core.training import finetune
+        from .core.training import FinetuneHistory, finetune
 
         scribbles = self.check_scribbles(scribbles)
         every = max(1, int(refresh_every))
-        outcome = FinetuneOutcome()
+        outcome = FinetuneOutcome(history=FinetuneHistory())
         self._push_version()
         model = self.model
         last = [0]
@@ -583,6 +585,8 @@ class Session:
             outcome.steps = done
             if progress is not None:
                 progress(done, total)
+            if on_loss is not None and outcome.history.losses:
+                on_loss(done, float(outcome.history.losses[-1]))
             if region is None or on_region is None or not (done == 1 or done - last[0] >= every):
                 return
             roi = region()
@@ -592,12 +596,13 @@ class Session:
                 outcome.region_updates += 1
 
         try:
-            outcome.history = finetune(
+            finetune(
                 model,
                 self.volume.array,
                 scribbles,
                 steps=steps,
                 seconds=seconds,
+                history=outcome.history,
                 progress=_on_step,
                 cancel=cancel,
                 **train_options,
@@ -610,8 +615,7 @@ class Session:
             model.load_state_dict(self._versions.pop())
             raise
         self._weights_step += 1
-        if outcome.history is not None:
-            outcome.losses = [float(x) for x in getattr(outcome.history, "losses", [])]
+        outcome.losses = [float(x) for x in outcome.history.losses]
         model.eval()
         if refresh:
             outcome.results = self.segment(progress=refresh_progress)

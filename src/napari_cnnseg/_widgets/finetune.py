@@ -76,6 +76,7 @@ class FinetuneWidget(QWidget):
         self._roi: tuple[slice, slice, slice] | None = None
         self._scribbles_layer: Any = None
         self._t0 = 0.0
+        self._loss: float | None = None
         self._autosave_timer = QTimer(self)
         self._autosave_timer.setSingleShot(True)
         self._autosave_timer.setInterval(AUTOSAVE_DELAY_MS)
@@ -365,6 +366,7 @@ class FinetuneWidget(QWidget):
         refresh_every = self.every_spin.value()
         self._update_roi()
         self.refresh_log = []
+        self._loss = None
         self.last_error = None
         self.last_outcome = None
         self._t0 = time.perf_counter()
@@ -386,6 +388,7 @@ class FinetuneWidget(QWidget):
                 refresh_every=refresh_every,
                 region=lambda: self._roi,
                 on_region=ctx.emit,
+                on_loss=lambda step, loss: ctx.emit(("loss", step, loss)),
                 progress=ctx.progress,
                 cancel=ctx.cancel,
                 refresh_progress=refresh_progress,
@@ -398,6 +401,8 @@ class FinetuneWidget(QWidget):
                     self.refresh_log.append((time.perf_counter() - self._t0, obj.roi))
             elif obj == "refresh":
                 self.status.setText("Training done; refreshing the whole volume…")
+            elif isinstance(obj, tuple) and obj[:1] == ("loss",):
+                self._loss = obj[2]
 
         def done(outcome: Any) -> None:
             self.last_outcome = outcome
@@ -426,7 +431,8 @@ class FinetuneWidget(QWidget):
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(min(done, max(total, 1)))
         if not self.status.text().startswith("Training done"):
-            self.status.setText(f"Fine-tuning: step {done}/{total}")
+            loss = f" · loss {self._loss:.3f}" if self._loss is not None else ""
+            self.status.setText(f"Fine-tuning: step {done}/{total}{loss}")
 
     def _register_job(self, job: Any) -> None:
         self.ctrl.job = job
