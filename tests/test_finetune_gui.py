@@ -158,3 +158,31 @@ def test_autosave_survives_a_simulated_crash(make_napari_viewer, qtbot, phantom,
     assert fin2.session is not fin.session
     restored = fin2.add_scribbles_layer()
     np.testing.assert_array_equal(restored.data, painted)
+
+
+@pytest.mark.slow
+def test_finetune_in_a_real_worker_thread_refreshes_live_then_stops(
+    make_napari_viewer, qtbot, phantom, monkeypatch
+):
+    viewer = make_napari_viewer()
+    image, labels = phantom
+    _, seg, fin = _docks(viewer, qtbot, image)
+    _paint(fin.add_scribbles_layer(), labels.array)
+    viewer.dims.set_current_step(0, 6)
+    fin.every_spin.setValue(1)
+    monkeypatch.setattr(_worker, "SYNC", False)
+    job = fin.finetune(steps=10_000, **QUICK)  # far more than we let it run
+    assert job is not None and job.worker is not None
+    assert not fin.train_btn.isEnabled() and fin.stop_btn.isEnabled()
+    # slice refreshes arrive on the GUI thread while the worker trains
+    qtbot.waitUntil(lambda: len(fin.refresh_log) >= 2, timeout=120_000)
+    assert all(roi == (slice(6, 7), slice(0, 24), slice(0, 24)) for _, roi in fin.refresh_log)
+    fin.stop()
+    qtbot.waitUntil(lambda: not job.running, timeout=120_000)
+    out = fin.last_outcome
+    assert out is not None and out.stopped and out.steps >= 2
+    assert fin.refresh_log[-1][1] == ()  # whole volume after Stop
+    np.testing.assert_array_equal(
+        viewer.layers["phantom labels"].data, seg.session.results.labels
+    )
+    assert fin.train_btn.isEnabled() and fin.undo_btn.isEnabled()

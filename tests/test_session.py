@@ -264,3 +264,15 @@ def test_session_is_qt_free():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_demo_strokes_stay_inside_their_class(phantom):
+    from napari_cnnseg.demo import demo_strokes
+
+    _, labels = phantom
+    lab = np.asarray(labels.array)
+    scr = demo_strokes(lab)
+    painted = scr > 0
+    assert painted.any()
+    np.testing.assert_array_equal(scr[painted] - 1, lab[painted])
+    assert set(np.unique(scr[painted]) - 1) == set(np.unique(lab[np.nonzero(painted.any((1, 2)))[0]]))
