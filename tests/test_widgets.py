@@ -214,3 +214,32 @@ def test_export_labels_and_probabilities_keep_geometry(widget, viewer_and_image,
     probs = read_volume(out, all_channels=True)
     assert probs.array.shape == (len(CLASSES), *SHAPE)
     np.testing.assert_allclose(probs.spacing, image.scale, rtol=1e-5)
+
+
+def test_worker_sync_switch_and_error_routing(monkeypatch):
+    import subprocess
+    import sys
+
+    code = "from napari_cnnseg._widgets import _worker; print(_worker.SYNC)"
+    for value, expected in (("1", "True"), ("0", "False")):
+        env = {**__import__("os").environ, "CNNSEG_SYNC": value}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True)
+        assert out.stdout.strip().splitlines()[-1] == expected
+    seen = []
+
+    def boom(ctx):
+        ctx.progress(1, 2)
+        ctx.emit("partial")
+        raise ValueError("bad thing")
+
+    job = _worker.start_job(
+        boom,
+        on_progress=lambda d, t: seen.append(("progress", d, t)),
+        on_event=lambda o: seen.append(("event", o)),
+        on_done=lambda v: seen.append(("done", v)),
+        on_error=lambda e: seen.append(("error", str(e))),
+        on_finally=lambda: seen.append(("finally",)),
+    )
+    assert not job.running
+    assert seen == [("progress", 1, 2), ("event", "partial"), ("error", "bad thing"), ("finally",)]
