@@ -329,7 +329,10 @@ class Session:
         meta = self.meta
         arch = getattr(self.model, "arch_name", type(self.model).__name__)
         family = FAMILIES.get(arch, arch)
-        lines = [f"{family} ({meta.get('description') or self.model_source or arch})"]
+        about = str(meta.get("description") or self.model_source or arch)
+        if len(about) > 60:
+            about = about[:57].rstrip() + "…"
+        lines = [f"{family} ({about})"]
         rf = self.receptive_field()
         if rf is not None:
             lines.append("receptive field " + "×".join(str(r) for r in rf) + " voxels (z×y×x)")

@@ -35,6 +35,8 @@ FALLBACK_CONFIG = {
     "upsampling": "trilinear",
 }
 FALLBACK_LR = 3e-3
+#: camera (rx, ry, rz) in degrees of the 3D screenshot
+CAMERA_3D = (-25.0, 35.0, 150.0)
 
 
 def demo_strokes(mask: np.ndarray, slices: Sequence[int] | None = None) -> np.ndarray:
@@ -68,7 +70,7 @@ def prepare_session(
     """Load the sample, choose/fine-tune the model, segment, write results into ``out``.
 
     Returns:
-        ``(session, truth_volume, strokes or None, info)``; info holds file paths and numbers.
+        ``(session, truth_volume, strokes, info)``; info holds file paths and numbers.
     """
     from .core.io import write_volume
     from .core.metrics import dice_per_class
@@ -80,18 +82,17 @@ def prepare_session(
     session = Session(autosave_folder=out / "autosave")
     session.set_image(image, name="brain_t1")
     info: dict[str, Any] = {}
-    strokes = None
     shipped = list_pretrained()
     if model is None and shipped:
         model = next((n for n in shipped if "brain" in n.lower()), shipped[0])
+    strokes = demo_strokes(np.asarray(truth.array))
+    session.autosave_scribbles(strokes)  # the Fine-tune dock restores them: ready to train
     if model is not None:
         session.load_model(model)
         info["model"] = model
     else:
         session.new_model("unet", list(truth.metadata.get("class_names", ["background", "brain"])),
                           **FALLBACK_CONFIG)
-        strokes = demo_strokes(np.asarray(truth.array))
-        session.autosave_scribbles(strokes)
         t0 = time.perf_counter()
         # from scratch: a higher learning rate than finetune's default (meant for small corrections)
         outcome = session.finetune(strokes, seconds=seconds, refresh=False, lr=FALLBACK_LR)
@@ -124,13 +125,14 @@ def open_viewer(session: Session, *, show: bool = True) -> tuple[Any, dict[str, 
     ctrl.session = session  # the docks pick up this session when they are created
     kwargs = volume_to_layer_kwargs(session.volume, name=session.image_name)
     image_layer = viewer.add_image(session.volume.array, **kwargs)
-    _, seg = viewer.window.add_plugin_dock_widget("napari-cnnseg", "Segment")
-    _, fin = viewer.window.add_plugin_dock_widget("napari-cnnseg", "Fine-tune")
+    seg_dock, seg = viewer.window.add_plugin_dock_widget("napari-cnnseg", "Segment")
+    fin_dock, fin = viewer.window.add_plugin_dock_widget("napari-cnnseg", "Fine-tune")
     seg.set_image_layer(image_layer)
     seg.ctrl.changed("model")
     layers = show_results(viewer, image_layer, session)
     scribbles = fin.add_scribbles_layer()  # restores the demo strokes from the autosave
-    layers.update(image=image_layer, scribbles=scribbles, segment=seg, finetune=fin)
+    layers.update(image=image_layer, scribbles=scribbles, segment=seg, finetune=fin,
+                  docks=[seg_dock, fin_dock])
     return viewer, layers
 
 
@@ -142,11 +144,27 @@ def take_screenshots(viewer: Any, layers: dict[str, Any], out: Path, prefix: str
     image = layers["image"]
     labels = layers["labels"]
     fg = layers["probabilities"][1:]
-    viewer.window._qt_window.resize(1280, 800)
+    from qtpy.QtCore import Qt
+
+    window = viewer.window._qt_window
+    window.resize(1280, 960)
+    window.resizeDocks(layers["docks"], [400] * len(layers["docks"]), Qt.Orientation.Horizontal)
+    QApplication.processEvents()
+    seg_h = layers["segment"].sizeHint().height() + 30
+    window.resizeDocks(layers["docks"], [seg_h, 960 - seg_h], Qt.Orientation.Vertical)
+    QApplication.processEvents()
+    left = [d for d in window.findChildren(type(layers["docks"][0]))
+            if window.dockWidgetArea(d) == Qt.DockWidgetArea.LeftDockWidgetArea]
+    if left:
+        window.resizeDocks(left, [230] * len(left), Qt.Orientation.Horizontal)
     viewer.layers.selection.active = image
     # 2D: a mid-brain slice, response map (additive colour) over the grey image, label contour
     viewer.dims.ndisplay = 2
-    z = int(np.argmax((fg[0].data > 0.5).sum(axis=(1, 2)))) if fg else image.data.shape[-3] // 2
+    strokes = np.asarray(layers["scribbles"].data)
+    if strokes.any():  # a slice with strokes, to show them over the response map
+        z = int(np.argmax((strokes > 0).sum(axis=(1, 2))))
+    else:
+        z = int(np.argmax((fg[0].data > 0.5).sum(axis=(1, 2)))) if fg else strokes.shape[0] // 2
     viewer.dims.set_current_step(0, z)
     labels.contour = 1
     labels.opacity = 0.9
@@ -154,7 +172,9 @@ def take_screenshots(viewer: Any, layers: dict[str, Any], out: Path, prefix: str
         p.visible = True
         p.opacity = 0.6
     layers["uncertainty"].visible = False
+    QApplication.processEvents()
     viewer.reset_view()
+    viewer.camera.zoom = viewer.camera.zoom * 1.3
     QApplication.processEvents()
     paths = [out / f"{prefix}_2d.png"]
     viewer.screenshot(str(paths[0]), canvas_only=False)
@@ -167,9 +187,8 @@ def take_screenshots(viewer: Any, layers: dict[str, Any], out: Path, prefix: str
         p.visible = False
     image.rendering = "mip"
     image.opacity = 0.5
-    viewer.camera.angles = (-20.0, 35.0, 140.0)
     viewer.reset_view()
-    viewer.camera.zoom *= 1.2
+    viewer.camera.angles = CAMERA_3D
     QApplication.processEvents()
     paths.append(out / f"{prefix}_3d.png")
     viewer.screenshot(str(paths[1]), canvas_only=True)

@@ -28,6 +28,7 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLayout,
     QProgressBar,
     QPushButton,
     QSpinBox,
@@ -88,6 +89,8 @@ class FinetuneWidget(QWidget):
     # ---------------------------------------------------------------- layout
     def _build(self) -> None:
         root = QVBoxLayout(self)
+        # never squeeze the rows below their size hint (napari's stylesheet makes them taller)
+        root.setSizeConstraint(QLayout.SizeConstraint.SetMinimumSize)
         self.info = QLabel("Choose an image and a model in the Segment dock.")
         self.info.setWordWrap(True)
         root.addWidget(self.info)

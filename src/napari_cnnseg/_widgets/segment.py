@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QLayout,
     QLineEdit,
     QProgressBar,
     QPushButton,
@@ -85,6 +86,8 @@ class SegmentWidget(QWidget):
     # ---------------------------------------------------------------- layout
     def _build(self) -> None:
         root = QVBoxLayout(self)
+        # never squeeze the rows below their size hint (napari's stylesheet makes them taller)
+        root.setSizeConstraint(QLayout.SizeConstraint.SetMinimumSize)
         form = QFormLayout()
         self.image_combo = QComboBox()
         self.image_combo.setToolTip("3D image layer to segment")
@@ -451,6 +454,8 @@ class SegmentWidget(QWidget):
             self._sync_model_entry()
         if what in ("model", "results", "busy"):
             self.description.setText(self.session.describe_model())
+            if self.session.model is not None:
+                self.description.setToolTip(str(self.session.meta.get("description") or ""))
             self._update_buttons()
 
     def _sync_model_entry(self) -> None:
