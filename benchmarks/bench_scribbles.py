@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
                         "busy machine)")
     p.add_argument("--prior-weight", type=float, default=None, help="override the default prior")
     p.add_argument("--lr", type=float, default=None, help="override the learning rate")
+    p.add_argument("--prior", choices=("background", "self"), default=None,
+                   help="prior on unpainted voxels (default: background for a fresh net, self "
+                        "when starting from a shipped model)")
     p.add_argument("--no-rf", action="store_true", help="skip the random forest")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
@@ -134,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.prior_weight is not None:
         ft["prior_weight"] = args.prior_weight
     ft["lr"] = args.lr if args.lr is not None else (LR_PRETRAINED if args.model else LR_SCRATCH)
+    ft["prior"] = args.prior or ("self" if args.model else "background")
     if args.steps_per_round is not None:
         ft["steps"] = args.steps_per_round
 
@@ -171,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.model:
         ft["lr"] = args.lr if args.lr is not None else LR_SCRATCH
+        ft["prior"] = args.prior or "background"
         scratch = run_loop(make_net(k, spacing), image, labels, spacing, args.rounds,  # type: ignore[arg-type]
                            args.seed, args.seconds_per_round, None, **ft)
         out["dice_cnn_scratch"] = round(scratch["dice_cnn_rounds"][-1], 4)

@@ -91,6 +91,36 @@ def test_prior_pushes_unpainted_only_to_background_and_is_balanced():
     assert torch.isclose(scribble_loss(lg, t2, prior_weight=0.0), torch.stack(per).mean())
 
 
+def test_self_prior_with_a_one_hot_background_target_equals_the_background_prior():
+    logits = torch.randn(2, 3, 3, 4, 5)
+    target = torch.zeros(2, 3, 4, 5, dtype=torch.int64)
+    target[0, 1, 1, 1] = 2
+    onehot = torch.zeros_like(logits)
+    onehot[:, 0] = 1
+    a = scribble_loss(logits, target, prior_weight=0.5)
+    b = scribble_loss(logits, target, prior_weight=0.5, prior_target=onehot)
+    assert torch.allclose(a, b)
+
+
+def test_self_prior_keeps_unpainted_predictions_closer_to_the_start():
+    image, _, scr = _toy()
+    preds = {}
+    for prior in ("background", "self"):
+        torch.manual_seed(5)
+        net = _net("unet")
+        x = torch.from_numpy(image[None, None, :8, :20, :20].copy())
+        net.eval()
+        with torch.no_grad():
+            start = torch.softmax(net(x), 1)
+        finetune(net, image, scr, steps=8, lr=3e-3, batch_size=2, crop_shape=(4, 8, 8),
+                 prior=prior, prior_weight=1.0, keep_best=False, precision="fp32")
+        with torch.no_grad():
+            preds[prior] = float((torch.softmax(net(x), 1) - start).abs().mean())
+    assert preds["self"] < preds["background"]
+    with pytest.raises(InputError, match="prior"):
+        finetune(net, image, scr, steps=1, prior="teacher")
+
+
 # --------------------------------------------------------------------------- sampling
 def test_sampler_output_crops_contain_scribbles_and_balance_classes():
     image, _, scr = _toy()

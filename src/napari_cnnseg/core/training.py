@@ -9,9 +9,11 @@ Loss (see :func:`scribble_loss`):
 * class-balanced cross-entropy on painted voxels: each painted class present in a batch
   contributes equally, whatever its voxel count;
 * optional soft Dice on painted voxels (``dice_weight``);
-* a weak **background prior** on unpainted voxels (``prior_weight``): they are pushed towards
-  class 0 with a total weight of ``prior_weight`` times the painted term (the two terms are
-  per-voxel means, so the prior's strength does not depend on how much was painted).
+* a weak **prior** on unpainted voxels (``prior_weight``): they are pushed towards class 0
+  (``prior="background"``, for a fresh net) or towards the model's own predictions before
+  fine-tuning (``prior="self"``, for a trained starting point), with a total weight of
+  ``prior_weight`` times the painted term (the two terms are per-voxel means, so the prior's
+  strength does not depend on how much was painted).
   Unpainted voxels are never a target for any foreground class. Without it a net trained on
   strokes alone fits the strokes and then paints far too much foreground; with it the net
   learns "foreground only where it looks like painted foreground". Set 0 to switch it off.
@@ -76,6 +78,7 @@ def scribble_loss(
     *,
     prior_weight: float = DEFAULT_PRIOR_WEIGHT,
     dice_weight: float = 0.0,
+    prior_target: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Loss of a batch of predictions against sparse scribbles.
 
@@ -85,6 +88,9 @@ def scribble_loss(
         prior_weight: weight of the background prior on unpainted voxels relative to the
             painted cross-entropy (0 = unpainted voxels do not count at all).
         dice_weight: weight of a soft Dice term over painted voxels (0 = off).
+        prior_target: (N, K, Z, Y, X) class probabilities the unpainted voxels are pulled
+            towards (the "self" prior: the model's own predictions before fine-tuning);
+            None = background (class 0).
 
     Returns:
         Scalar loss (float32). Zero (with a gradient) when nothing counts.
@@ -111,7 +117,11 @@ def scribble_loss(
     if prior_weight > 0:
         unpainted = ~painted
         if bool(unpainted.any()):
-            loss = loss + prior_weight * (-logp[:, 0][unpainted]).mean()
+            if prior_target is None:
+                prior_nll = -logp[:, 0]
+            else:
+                prior_nll = -(prior_target.float() * logp).sum(1)
+            loss = loss + prior_weight * prior_nll[unpainted].mean()
     return loss
 
 
@@ -236,6 +246,7 @@ def finetune(
     batch_size: int = 4,
     crop_shape: tuple[int, int, int] | None = None,
     prior_weight: float = DEFAULT_PRIOR_WEIGHT,
+    prior: str = "background",
     dice_weight: float = 0.0,
     weight_decay: float = 1e-4,
     normalization: dict[str, Any] | None = None,
@@ -267,6 +278,10 @@ def finetune(
         crop_shape: output crop (Z, Y, X) in voxels; None = (16, 48, 48) clipped to the image.
         prior_weight: background prior on unpainted voxels relative to the painted loss
             (default 0.3; 0 = unpainted voxels are ignored).
+        prior: what unpainted voxels are pulled towards: "background" (class 0; for a fresh
+            net) or "self" (the model's own predictions before this call, a frozen copy;
+            recommended when starting from a trained model: it keeps what the model already
+            got right where nobody painted).
         dice_weight: soft Dice on painted voxels added to the cross-entropy (default off).
         weight_decay: AdamW weight decay.
         normalization: intensity normalisation spec; None = the model's own or the default.
@@ -300,6 +315,8 @@ def finetune(
         raise InputError(f"seconds must be > 0, got {seconds}")
     if int(batch_size) < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    if prior not in ("background", "self"):
+        raise InputError(f"prior must be 'background' or 'self', got {prior!r}")
     if prior_weight < 0 or dice_weight < 0:
         raise InputError("prior_weight and dice_weight must be >= 0")
     update_every = max(1, int(update_every or 10))
@@ -319,6 +336,18 @@ def finetune(
     model.to(dev)
     if not patch:
         model.to(memory_format=fmt)
+    teacher = None
+    if prior == "self" and prior_weight > 0:
+        teacher = copy.deepcopy(model).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+
+    def prior_of(xb: torch.Tensor) -> torch.Tensor | None:
+        if teacher is None:
+            return None
+        with torch.no_grad(), torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
+            return torch.softmax(_forward(teacher, xb, patch).float(), dim=1)
+
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     history = FinetuneHistory() if history is None else history
@@ -340,7 +369,8 @@ def finetune(
             for i in range(0, n, int(batch_size)):
                 xb = to_tensor(eval_batch.image[i:i + int(batch_size)], True)
                 yb = to_tensor(eval_batch.target[i:i + int(batch_size)], False)
-                lo = scribble_loss(_forward(model, xb, patch), yb, **loss_kw)
+                lo = scribble_loss(_forward(model, xb, patch), yb, prior_target=prior_of(xb),
+                                   **loss_kw)
                 total += float(lo) * len(xb)
         return total / n
 
@@ -367,7 +397,7 @@ def finetune(
                 xb, yb = to_tensor(batch.image, True), to_tensor(batch.target, False)
                 with torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
                     logits = _forward(model, xb, patch)
-                loss = scribble_loss(logits, yb, **loss_kw)
+                loss = scribble_loss(logits, yb, prior_target=prior_of(xb), **loss_kw)
                 if not torch.isfinite(loss):
                     raise InputError(
                         "the training loss became NaN/inf; lower the learning rate or check "
