@@ -104,6 +104,7 @@ def test_region_equals_whole_and_applies_in_place(session):
     assert not session.apply_region(upd)
 
 
+@pytest.mark.slow
 def test_finetune_live_refresh_then_undo_restores_exact_weights(session, phantom):
     _, labels = phantom
     session.segment()
@@ -116,6 +117,7 @@ def test_finetune_live_refresh_then_undo_restores_exact_weights(session, phantom
         on_loss=lambda step, loss: live_losses.append(loss),
         batch_size=2,
         crop_shape=(4, 12, 12),
+        keep_best=False,
         region=lambda: session.slice_roi(0, 3),
         on_region=seen.append,
     )
@@ -133,6 +135,7 @@ def test_finetune_live_refresh_then_undo_restores_exact_weights(session, phantom
     assert not session.can_undo and not session.undo()
 
 
+@pytest.mark.slow
 def test_stop_keeps_weights_and_refreshes(session, phantom):
     _, labels = phantom
     w0 = _weights(session.model)
@@ -144,7 +147,7 @@ def test_stop_keeps_weights_and_refreshes(session, phantom):
 
     out = session.finetune(
         _scribbles_from(labels.array), steps=50, batch_size=2, crop_shape=(4, 12, 12),
-        cancel=cancel,
+        keep_best=False, cancel=cancel,
     )
     assert out.stopped and out.results is not None and out.steps == 2 == len(out.losses)
     assert any(not torch.equal(w0[k], v) for k, v in session.model.state_dict().items())
