@@ -47,7 +47,7 @@ __all__ = ["predict", "wrap_module", "WrappedNet", "default_tile_shape", "softma
 #: default tile edge (input voxels per axis) on CPU and GPU
 DEFAULT_TILE = 96
 #: valid nets: default tile output edge (the tile input adds 2 * margin)
-DEFAULT_VALID_OUTPUT = 64
+DEFAULT_VALID_OUTPUT = 80
 #: default overlap of blended (same-padding) tiles, fraction of the tile
 DEFAULT_OVERLAP = 0.25
 #: precision="auto": minimum fraction of probe voxels whose argmax matches fp32
@@ -103,15 +103,25 @@ def default_tile_shape(spec: NetSpec, region_shape: Sequence[int],
                        tile_shape: Sequence[int] | int | None = None) -> tuple[int, int, int]:
     """Tile input shape (Z, Y, X) the net accepts: the requested one, or the default.
 
-    Default: 96^3 for same nets; for valid nets the larger of 96 and ``2 * margin + 64`` per
-    axis (so that a net losing 44 voxels per side still gets ~64^3 outputs per tile). Never
+    Default: 96^3 for same nets; for valid nets outputs of at least ``max(96 - 2 * margin, 80)``
+    per axis (so that a net losing 44 voxels per side still gets >= 80^3 outputs per tile),
+    evened out over the tiles the region needs (160 voxels -> 2 tiles of 80, not 68 + 68 + 24). Never
     larger than needed to cover ``region_shape`` in one tile; for valid nets the tile output is
     at least one lattice step.
     """
     m, p = spec.margin, spec.lattice
-    if tile_shape is None:  # valid nets: big enough that most of the tile is output
-        req = tuple(max(DEFAULT_TILE, 2 * mi + DEFAULT_VALID_OUTPUT) if spec.padding == "valid"
-                    else DEFAULT_TILE for mi in m)
+    if tile_shape is None and spec.padding == "valid":
+        # big enough that most of the tile is output; then as few tiles as that needs, evened
+        # out so that the last one is not mostly wasted
+        req = []
+        for n, mi, pi in zip(region_shape, m, p, strict=True):
+            target = max(DEFAULT_TILE - 2 * mi, DEFAULT_VALID_OUTPUT)
+            count = max(1, math.ceil(n / target))
+            out_edge = -(-math.ceil(n / count) // pi) * pi
+            req.append(out_edge + 2 * mi)
+        req = tuple(req)
+    elif tile_shape is None:
+        req = (DEFAULT_TILE,) * 3
     elif isinstance(tile_shape, (int, np.integer)):
         req = (int(tile_shape),) * 3
     else:
@@ -268,8 +278,8 @@ def predict(
         image: (Z, Y, X) or (C, Z, Y, X) numpy, zarr or dask array (read tile by tile).
         model: a network of ``core.models`` (patch classifiers are made dense), or any module
             wrapped with :func:`wrap_module`. Never modified (a fast copy runs).
-        tile_shape: tile input (Z, Y, X) or one int; default 96^3 (valid nets: at least
-            ``2 * margin + 64``), rounded up to a shape the net accepts and shrunk to the volume
+        tile_shape: tile input (Z, Y, X) or one int; default 96^3 (valid nets: outputs of at
+            least 80^3, see :func:`default_tile_shape`), rounded up to a shape the net accepts and shrunk to the volume
             when smaller.
         overlap: blended (same-padding) nets only: fraction of the tile shared with each
             neighbour, scalar or per axis, default 0.25. Valid nets tile exactly, no overlap.
