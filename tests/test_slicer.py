@@ -486,21 +486,28 @@ def test_real_t1_crop_keeps_its_permuted_geometry(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_shipped_model_runs_by_name(tmp_path, capsys):
+def test_shipped_model_by_name_gives_what_the_engine_gives(tmp_path, capsys):
+    """The Slicer front end adds and loses nothing: same labels as segment_volume in Python."""
     _engine()
     names = slicer.shipped_model_names()
     if not names:
         pytest.skip("no shipped model in core/models/pretrained yet")
-    from napari_cnnseg.core.io import read_volume
+    from napari_cnnseg.core.io import read_volume, write_volume
     from napari_cnnseg.core.models import resolve_model
+    from napari_cnnseg.core.pipeline import segment_volume
+    from napari_cnnseg.core.sample_data import load_brain_t1
 
-    src, _ = _sample_nrrd(tmp_path)
-    out = tmp_path / "labels.nrrd"
-    assert slicer.main(["--model", names[0], "--device", "cpu", str(src), str(out)]) == 0
+    name = "brain-t1-unet" if "brain-t1-unet" in names else names[0]
+    image, _ = load_brain_t1()
+    src, out = tmp_path / "t1.nrrd", tmp_path / "labels.nrrd"
+    write_volume(src, image.with_array(np.ascontiguousarray(image.array[24:40, 32:80, 40:88])))
+    argv = ["--model", name, "--device", "cpu", "--precision", "fp32"]
+    assert slicer.main(argv + [str(src), str(out)]) == 0
     assert capsys.readouterr().err == ""
     _assert_same_geometry(src, out)
-    labels = read_volume(out).array
-    assert 0 <= labels.min() and labels.max() < resolve_model(names[0]).num_classes
+    expected = segment_volume(read_volume(src), resolve_model(name), probabilities=False,
+                              device="cpu", precision="fp32", overlap=0.25).labels.array
+    np.testing.assert_array_equal(read_volume(out).array, expected)
 
 
 @pytest.mark.parametrize("case", ["scribble_values", "probability_class", "empty_scribbles",
