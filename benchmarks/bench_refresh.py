@@ -10,7 +10,10 @@ One JSON line. Keys: ``first_slice_s`` (click -> first refreshed slice; target <
 ``whole_volume_s`` (whole-volume refresh after training; target <= 10), ``click_to_whole_s``
 (click -> whole volume shown, includes the training budget), ``train_s``, ``steps``,
 ``slice_refreshes``, ``slice_refresh_s`` (mean time of one slice prediction), ``size``,
-``refresh_every``, ``model``, ``device``, ``threads``.
+``refresh_every``, ``model``, ``device``, ``threads``; ``first_slice_cpu_s`` and
+``whole_volume_cpu_s`` are the process CPU seconds (all threads) of the same spans: on a busy
+machine they show what the wall times would be on a quiet one (between cpu_s / threads and
+cpu_s).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import emit  # noqa: E402
 
-from napari_cnnseg._session import Session  # noqa: E402
+from napari_cnnseg._session import Session, warm_up_training  # noqa: E402
 from napari_cnnseg.core.sample_data import make_phantom  # noqa: E402
 from napari_cnnseg.demo import FALLBACK_CONFIG, demo_strokes  # noqa: E402
 
@@ -62,17 +65,21 @@ def main(argv: list[str] | None = None) -> int:
         session.segment()  # the user has segmented once before painting
         z = n // 2
         events: list[float] = []
+        cpu_events: list[float] = []
         slice_costs: list[float] = []
 
         def on_region(update) -> None:  # what the dock does on the GUI thread
             session.apply_region(update)
             events.append(time.perf_counter())
+            cpu_events.append(time.process_time())
 
         def timed_region():
             slice_costs.append(time.perf_counter())
             return session.slice_roi(0, z)
 
+        warm_up_training()  # the Fine-tune dock does this in the background when it opens
         t0 = time.perf_counter()  # scribbles changed + Fine-tune clicked
+        c0 = time.process_time()
         session.autosave_scribbles(strokes)
         scribbles = np.array(strokes, copy=True)
         outcome = session.finetune(
@@ -84,13 +91,15 @@ def main(argv: list[str] | None = None) -> int:
             refresh=False,
             device=args.device,
         )
-        t_train = time.perf_counter()
+        t_train, c_train = time.perf_counter(), time.process_time()
         session.segment()  # the whole-volume refresh the dock runs when training ends
-        t_whole = time.perf_counter()
+        t_whole, c_whole = time.perf_counter(), time.process_time()
     per_slice = [e - s for s, e in zip(slice_costs, events, strict=False)]
     emit({
         "first_slice_s": round(events[0] - t0, 3) if events else None,
         "whole_volume_s": round(t_whole - t_train, 3),
+        "first_slice_cpu_s": round(cpu_events[0] - c0, 3) if cpu_events else None,
+        "whole_volume_cpu_s": round(c_whole - c_train, 3),
         "click_to_whole_s": round(t_whole - t0, 3),
         "train_s": round(t_train - t0, 3),
         "steps": outcome.steps,

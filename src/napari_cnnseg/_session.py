@@ -162,6 +162,19 @@ class FinetuneOutcome:
     losses: list[float] = field(default_factory=list)
 
 
+def warm_up_training() -> None:
+    """Pay torch's one-time optimiser start-up cost (it imports ``torch._dynamo``, ~1-3 s).
+
+    The Fine-tune dock calls this in a background thread when it opens, so the first click on
+    Fine-tune does not wait for it.
+    """
+    import torch
+
+    from .core import inference, training  # noqa: F401 - imported for their start-up cost
+
+    torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
+
+
 def _labels_dtype(num_classes: int) -> np.dtype:
     return np.dtype(np.uint8) if num_classes <= 255 else np.dtype(np.uint16)
 

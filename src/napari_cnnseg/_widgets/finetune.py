@@ -15,6 +15,7 @@ Scripting / tests: :meth:`FinetuneWidget.add_scribbles_layer`, :meth:`~FinetuneW
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._session import RegionUpdate
+from .._session import RegionUpdate, warm_up_training
 from ..core.errors import Cancelled, InputError
 from . import _worker
 from ._shared import (
@@ -85,6 +86,7 @@ class FinetuneWidget(QWidget):
         self._build()
         self._connect()
         self._on_controller("model")
+        threading.Thread(target=warm_up_training, name="cnnseg-warm-up", daemon=True).start()
 
     # ---------------------------------------------------------------- layout
     def _build(self) -> None:
