@@ -308,6 +308,15 @@ def test_largest_component_keeps_one_blob_per_class():
     np.testing.assert_array_equal(slicer.keep_largest_components(out), out)
 
 
+def test_spacing_warning_only_when_voxels_differ(caplog):
+    with caplog.at_level("WARNING", logger=slicer.__name__):
+        slicer._warn_spacing([3.0, 2.0, 2.0], (3.0, 2.0, 2.0))
+        slicer._warn_spacing(None, (1.0, 1.0, 1.0))
+        assert caplog.records == []
+        slicer._warn_spacing([3.0, 2.0, 2.0], (1.0, 1.0, 1.0))
+        assert len(caplog.records) == 1 and "fine-tune" in caplog.records[0].getMessage()
+
+
 # ------------------------------------------------------------------------------------ install
 @pytest.mark.parametrize("kind", ["python-real", "this-python"])
 def test_slicer_install_writes_a_module_folder(tmp_path, kind, capsys):

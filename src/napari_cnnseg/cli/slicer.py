@@ -431,6 +431,19 @@ def keep_largest_components(labels: Any) -> Any:
     return out
 
 
+def _warn_spacing(trained: Any, spacing: Sequence[float]) -> None:
+    """Warn (stdout) when the voxel size differs by more than 1.5x from the model's training."""
+    if not trained or len(trained) != 3:
+        return
+    ratios = [max(a / b, b / a) for a, b in zip(spacing, trained, strict=True) if a > 0 and b > 0]
+    if ratios and max(ratios) > 1.5:
+        log.warning(
+            "the model was trained on %s mm voxels (z,y,x), the input has %s mm: results may "
+            "suffer; paint a few scribbles to fine-tune it on this volume",
+            "x".join(f"{v:g}" for v in trained), "x".join(f"{v:g}" for v in spacing),
+        )
+
+
 def _check_paths(args: argparse.Namespace) -> None:
     from ..core.errors import InputError
 
@@ -475,6 +488,7 @@ def run_segmentation(args: argparse.Namespace, stream: TextIO | None = None) -> 
             f"probability class {args.probabilityClass} does not exist: the model has "
             f"{num_classes} classes (0..{num_classes - 1}, 0 = background)"
         )
+    _warn_spacing(model_meta(model).get("spacing"), image.spacing)
     scribbles = None
     if finetuning:
         scribbles = scribbles_on_grid(read_volume(args.scribbles), image)
