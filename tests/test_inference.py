@@ -388,3 +388,15 @@ def test_fast_copy_cache_follows_in_place_weight_updates(rng):
     second = predict(image, net, device="cpu", precision="fp32")
     np.testing.assert_allclose(second, one_pass(image, net), atol=1e-5)
     assert np.abs(second - first).max() > 1e-3
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_single_slice_volume_and_nan_voxels(padding, rng):
+    net = _trained_bn(build_model("unet", depth=1, base_width=4, padding=padding))
+    image = rng.normal(size=(1, 20, 23)).astype(np.float32)
+    out = predict(image, net, device="cpu", precision="fp32")
+    assert out.shape == (2, 1, 20, 23)
+    np.testing.assert_allclose(out.sum(0), 1.0, atol=1e-5)
+    image[0, 3:6, 4:9] = np.nan  # masked scan
+    out = predict(image, net, device="cpu", precision="fp32")
+    assert np.isfinite(out).all()

@@ -220,7 +220,11 @@ class _TileTooLarge(Exception):
 
 
 def _read_tile(image: Any, tile: tiling.Tile, shape: Sequence[int], stats) -> np.ndarray:
-    return apply_stats(tiling.read_region(image, tile.in_start, shape), stats)
+    """Normalised float32 tile (C, *shape); NaN/inf voxels (masked scans) become 0."""
+    block = apply_stats(tiling.read_region(image, tile.in_start, shape), stats)
+    if not np.isfinite(block).all():
+        np.nan_to_num(block, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    return block
 
 
 def _choose_precision(precision: str, runner_fp32: _Runner, model: nn.Module,
