@@ -127,7 +127,7 @@ MODELS = {"phantom-unet": phantom_unet, "brain-t1-unet": brain_t1_unet}
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", choices=sorted(MODELS), default=None)
-    p.add_argument("--steps", type=int, default=300, help="training steps per model")
+    p.add_argument("--steps", type=int, default=160, help="training steps per model")
     p.add_argument("--outdir", default=str(PRETRAINED_DIR))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
