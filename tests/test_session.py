@@ -260,7 +260,7 @@ def test_session_is_qt_free():
 
     code = (
         "import json, sys\n"
-        "import napari_cnnseg._session, napari_cnnseg._autosave\n"
+        "import napari_cnnseg._session, napari_cnnseg._autosave, napari_cnnseg._results\n"
         "bad = sorted(k for k in sys.modules if k.split('.')[0] in "
         "('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'magicgui', 'vispy'))\n"
         "print(json.dumps(bad))\n"

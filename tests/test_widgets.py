@@ -87,6 +87,7 @@ def test_each_family_makes_the_expected_layers(widget, viewer_and_image, family)
         assert layer.data.shape == SHAPE
     labels = viewer.layers["phantom labels"]
     assert type(labels).__name__ == "Labels" and labels.data.max() < len(CLASSES)
+    assert list(labels.features["class"]) == CLASSES  # hovering shows the class name
     for k, c in enumerate(CLASSES):
         p = viewer.layers[f"phantom p({c})"]
         assert p.blending == "additive" and tuple(p.contrast_limits) == (0.0, 1.0)

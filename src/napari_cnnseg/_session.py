@@ -26,13 +26,20 @@ import copy
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ._autosave import ScribbleStore, image_key
+from ._results import (  # noqa: F401 - re-exported: the docks and tests import them from here
+    FinetuneOutcome,
+    RegionUpdate,
+    Results,
+    Roi,
+    _labels_dtype,
+    normalized_entropy,
+)
 from .core.errors import Cancelled, InputError
 from .core.jobs import CancelFn, ProgressFn
 
@@ -69,8 +76,6 @@ CLASS_COLORMAPS: tuple[str, ...] = (
     "I Orange",
 )
 
-Roi = tuple[slice, slice, slice]
-
 
 def class_color(index: int) -> tuple[float, float, float, float]:
     """RGBA colour of class ``index`` (cycles after the first eight)."""
@@ -86,82 +91,6 @@ def class_colormap(index: int) -> str:
     return CLASS_COLORMAPS[1 + (index - 1) % (len(CLASS_COLORMAPS) - 1)]
 
 
-def normalized_entropy(probabilities: np.ndarray) -> np.ndarray:
-    """Entropy of per-voxel class probabilities divided by ``log(K)``.
-
-    Args:
-        probabilities: (K, Z, Y, X) float probabilities summing to 1 over K.
-
-    Returns:
-        (Z, Y, X) float32 in [0, 1]: 0 = certain, 1 = uniform over the K classes.
-    """
-    k = probabilities.shape[0]
-    if k < 2:
-        return np.zeros(probabilities.shape[1:], dtype=np.float32)
-    out = np.zeros(probabilities.shape[1:], dtype=np.float32)
-    for p in probabilities:
-        p = np.clip(p.astype(np.float32, copy=False), 1e-12, 1.0)
-        out -= p * np.log(p)
-    out /= np.float32(np.log(k))
-    return np.clip(out, 0.0, 1.0, out=out)
-
-
-@dataclass
-class Results:
-    """Outputs of a whole-volume prediction, on the image grid (Z, Y, X).
-
-    Attributes:
-        labels: (Z, Y, X) uint8 class indices (argmax).
-        probabilities: (K, Z, Y, X) float32 in [0, 1].
-        uncertainty: (Z, Y, X) float32 normalised entropy in [0, 1].
-        weights_step: model-weights counter at prediction time (see :class:`Session`).
-    """
-
-    labels: np.ndarray
-    probabilities: np.ndarray
-    uncertainty: np.ndarray
-    weights_step: int = 0
-
-
-@dataclass
-class RegionUpdate:
-    """A prediction of part of the volume (e.g. the visible slice) with the current weights.
-
-    Attributes:
-        roi: three slices (z, y, x) into the image grid.
-        labels, probabilities, uncertainty: as in :class:`Results`, shaped like the roi.
-        weights_step: model-weights counter at prediction time.
-    """
-
-    roi: Roi
-    labels: np.ndarray
-    probabilities: np.ndarray
-    uncertainty: np.ndarray
-    weights_step: int = 0
-
-
-@dataclass
-class FinetuneOutcome:
-    """What :meth:`Session.finetune` did.
-
-    Attributes:
-        history: the ``FinetuneHistory`` filled by ``core.training.finetune`` (also when
-            stopped early).
-        stopped: True if the user stopped training early (the weights reached so far are kept).
-        results: whole-volume results with the new weights (None if not refreshed).
-        region_updates: number of live region refreshes done during training.
-        steps: training steps done (also when stopped early).
-        losses: training loss of every step.
-    """
-
-    history: Any = None
-    stopped: bool = False
-    results: Results | None = None
-    region_updates: int = 0
-    steps: int = 0
-    losses: list[float] = field(default_factory=list)
-
-
 def warm_up_training() -> None:
     """Pay torch's one-time optimiser start-up cost (it imports ``torch._dynamo``, ~1-3 s).
 
@@ -173,10 +102,6 @@ def warm_up_training() -> None:
     from .core import inference, training  # noqa: F401 - imported for their start-up cost
 
     torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
-
-
-def _labels_dtype(num_classes: int) -> np.dtype:
-    return np.dtype(np.uint8) if num_classes <= 255 else np.dtype(np.uint16)
 
 
 class Session:
