@@ -11,6 +11,8 @@ Example::
 Scribbles are a label map on the image grid: 0 = unlabelled, k = class k-1 (1 = background).
 ``-m`` takes a checkpoint path, a shipped model name, or an architecture name (``unet``,
 ``multiscale``, ...) to start from a fresh network with as many classes as the scribbles use.
+Unpainted voxels are pulled weakly towards the starting model's own predictions (a trained
+model keeps what it got right) or, for a fresh network, towards background (``--prior``).
 Progress goes to stderr; the checkpoint (``NEWMODEL.safetensors`` + ``.json``) is written
 atomically and its path printed on stdout.
 """
@@ -49,6 +51,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="output crop per sample (default 16 48 48, clipped to the image)")
     p.add_argument("--prior-weight", type=float, default=None,
                    help="weight of the background prior on unpainted voxels (0 = off)")
+    p.add_argument("--prior", choices=("background", "self"), default=None,
+                   help="what unpainted voxels are pulled towards: class 0, or the starting "
+                        "model's own predictions (default: self for a checkpoint or shipped "
+                        "model, background for a fresh architecture)")
     p.add_argument("--channel", type=int, default=None, help="channel of a multi-channel image")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
@@ -76,11 +82,12 @@ class _Progress:
 
 
 def _load_model(spec: str, num_classes: int, in_channels: int):
+    """(model, fresh): a checkpoint / shipped model, or a fresh net of an architecture name."""
     from ..core.models import architecture_names, build_model, list_pretrained, resolve_model
 
     if spec in architecture_names() and spec not in list_pretrained() and not Path(spec).exists():
-        return build_model(spec, in_channels=in_channels, num_classes=max(2, num_classes))
-    return resolve_model(spec)
+        return build_model(spec, in_channels=in_channels, num_classes=max(2, num_classes)), True
+    return resolve_model(spec), False
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,13 +120,15 @@ def run(args: argparse.Namespace) -> int:
         )
     scribbles = np.asarray(scrib.array).astype(np.int64)
     in_ch = 1 if image.array.ndim == 3 else image.array.shape[0]
-    model = _load_model(args.model, int(scribbles.max()), in_ch)
+    model, fresh = _load_model(args.model, int(scribbles.max()), in_ch)
+    prior = args.prior or ("background" if fresh else "self")
     live = FinetuneHistory()
     progress = None if args.quiet else _Progress(live)
     history = finetune(
         model, np.asarray(image.array), scribbles, steps=args.steps, seconds=args.seconds,
         lr=args.lr, batch_size=args.batch, crop_shape=tuple(args.crop) if args.crop else None,
         prior_weight=DEFAULT_PRIOR_WEIGHT if args.prior_weight is None else args.prior_weight,
+        prior=prior,
         device=args.device, precision=args.precision, seed=args.seed, progress=progress,
         history=live,
     )
