@@ -8,8 +8,8 @@ tile (roi) 96^3, overlap 0.25, Gaussian blending, in one process:
 * our :func:`napari_cnnseg.core.inference.predict` in fp32 and in bf16 (fp16 on GPUs without
   bf16).
 
-Each method runs once to warm up (oneDNN / cuDNN primitive creation), then the best of
-``--repeats`` timed runs counts. Prints ONE JSON line::
+Each method runs once to warm up (oneDNN / cuDNN primitive creation), then the methods take
+turns for ``--repeats`` rounds (default 3) and each one's best time counts. Prints ONE JSON line::
 
     python benchmarks/bench_inference.py [--device cpu|cuda] [--quick]
 
@@ -32,14 +32,19 @@ from napari_cnnseg.core.inference import predict, wrap_module
 from napari_cnnseg.core.tiling import same_layout
 
 
-def _best_time(fn, repeats: int) -> tuple[float, object]:
-    result = fn()  # warm-up
-    best = float("inf")
+def _interleaved_best(fns: dict, repeats: int) -> tuple[dict, dict]:
+    """Warm each method up once, then time them in turns; best time per method.
+
+    Taking turns keeps the comparison fair when the machine's load changes during the run.
+    """
+    results = {name: fn() for name, fn in fns.items()}  # warm-up
+    best = {name: float("inf") for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, result
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            results[name] = fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best, results
 
 
 def main() -> None:
@@ -55,7 +60,7 @@ def main() -> None:
     from monai.networks.nets import UNet
 
     size, tile = (64, 32) if args.quick else (160, 96)
-    repeats = args.repeats or (1 if args.quick else 2)
+    repeats = args.repeats or (1 if args.quick else 3)
     dev = torch.device(args.device)
     torch.manual_seed(0)
     net = UNet(3, 1, 2, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=2,
@@ -80,9 +85,10 @@ def main() -> None:
                                precision=precision, batch_size=args.batch,
                                normalization={"mode": "none"})
 
-    t_monai, p_monai = _best_time(run_monai, repeats)
-    t_fp32, p_fp32 = _best_time(run_ours("fp32"), repeats)
-    t_low, p_low = _best_time(run_ours(low), repeats)
+    best, res = _interleaved_best(
+        {"monai": run_monai, "fp32": run_ours("fp32"), "low": run_ours(low)}, repeats)
+    t_monai, t_fp32, t_low = best["monai"], best["fp32"], best["low"]
+    p_monai, p_fp32, p_low = res["monai"], res["fp32"], res["low"]
 
     n_tiles = len(same_layout([(0, size)] * 3, (tile,) * 3, (0.25,) * 3, (size,) * 3).tiles)
     flops = count_conv_flops(net, (1, 1, tile, tile, tile), device=str(dev)) * n_tiles
