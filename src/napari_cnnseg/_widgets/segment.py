@@ -274,6 +274,8 @@ class SegmentWidget(QWidget):
             )
             if path:
                 self.load_checkpoint(path)
+            else:  # dialog cancelled: show the model still in use
+                self._sync_model_entry()
         elif kind == "new":
             self.choose_new(value)
 
@@ -462,6 +464,7 @@ class SegmentWidget(QWidget):
         """Show the session's model in the picker (also when set by script or the other dock)."""
         source = self.session.model_source
         if self.session.model is None or not source:
+            self.model_combo.setCurrentIndex(0)
             return
         if source.startswith("new "):
             entry = ("new", source[4:])
