@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="prior on unpainted voxels (default: background for a fresh net, self "
                         "when starting from a shipped model)")
     p.add_argument("--no-rf", action="store_true", help="skip the random forest")
+    p.add_argument("--no-scratch", action="store_true",
+                   help="with --model: skip the from-scratch loop (no dice_cnn_scratch)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
     torch.manual_seed(args.seed)
@@ -173,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds_rf": round(rf.seconds + t_feat, 2) if rf else None,
         "labelled_voxels": res["labelled_voxels"],
     }
-    if args.model:
+    if args.model and not args.no_scratch:
         ft["lr"] = args.lr if args.lr is not None else LR_SCRATCH
         ft["prior"] = args.prior or "background"
         scratch = run_loop(make_net(k, spacing), image, labels, spacing, args.rounds,  # type: ignore[arg-type]
