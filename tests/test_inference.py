@@ -400,3 +400,21 @@ def test_single_slice_volume_and_nan_voxels(padding, rng):
     image[0, 3:6, 4:9] = np.nan  # masked scan
     out = predict(image, net, device="cpu", precision="fp32")
     assert np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("cout", [1, 2, 4])
+def test_sub_pixel_transposed_conv_is_exact(cout, rng):
+    from napari_cnnseg.core.netprep import SubPixelConvTranspose3d, rewrite_transposed_convs
+
+    ct = nn.ConvTranspose3d(6, cout, 3, stride=2, padding=1, output_padding=1).eval()
+    x = torch.from_numpy(rng.normal(size=(2, 6, 5, 7, 4)).astype(np.float32))
+    with torch.no_grad():
+        ref = ct(x)
+        got = SubPixelConvTranspose3d(ct)(x)
+        got_cl = SubPixelConvTranspose3d(ct).to(memory_format=torch.channels_last_3d)(
+            x.contiguous(memory_format=torch.channels_last_3d))
+    assert got.shape == ref.shape == (2, cout, 10, 14, 8)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    np.testing.assert_allclose(got_cl, ref, atol=1e-5)
+    other = nn.Sequential(nn.ConvTranspose3d(6, 2, 2, stride=2), nn.ConvTranspose3d(2, 8, 3, 2, 1, 1))
+    assert rewrite_transposed_convs(other) == 0  # other kernel / wide output: left alone

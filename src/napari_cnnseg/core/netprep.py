@@ -6,19 +6,22 @@
   so that :func:`~napari_cnnseg.core.inference.predict` accepts it.
 * :func:`inference_copy` makes the fast evaluation copy that tiles run through: a deep copy in
   eval mode (the caller's model is never modified), eval-mode BatchNorm folded into the
-  preceding convolution (exact up to float rounding), ``channels_last_3d`` weights, moved to
-  the device.
+  preceding convolution, on the CPU small stride-2 transposed convolutions rewritten as
+  sub-pixel convolutions (both exact up to float rounding), ``channels_last_3d`` weights,
+  moved to the device.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -230,6 +233,66 @@ def fold_batchnorm(model: nn.Module) -> int:
     return folded
 
 
+class SubPixelConvTranspose3d(nn.Module):
+    """``ConvTranspose3d(k=3, stride=2, padding=1, output_padding=1)`` as a sub-pixel convolution.
+
+    Output voxel ``2j + a`` (per axis, phase ``a`` in {0, 1}) only sees input voxels ``j`` and
+    ``j + 1``: phase 0 uses tap 1 of the kernel on ``x[j]``; phase 1 uses tap 2 on ``x[j]`` and
+    tap 0 on ``x[j + 1]``. So the layer is a 2^3 convolution with ``8 * C_out`` outputs (one per
+    phase) on the input padded by one voxel at the far end, followed by a 3D pixel shuffle.
+    Same result up to float rounding; oneDNN runs it much faster when ``C_out`` is small (e.g.
+    the last upsampling of a U-Net straight to class logits).
+    """
+
+    _TAPS = {0: {0: 1}, 1: {0: 2, 1: 0}}  # phase -> {input offset: kernel tap}
+
+    def __init__(self, ct: nn.ConvTranspose3d) -> None:
+        super().__init__()
+        cin, cout = ct.in_channels, ct.out_channels
+        self.out_channels = cout
+        weight = ct.weight.detach()
+        w = weight.new_zeros((2, 2, 2, cout, cin, 2, 2, 2))
+        for pz, py, px in itertools.product((0, 1), repeat=3):
+            for (oz, kz), (oy, ky), (ox, kx) in itertools.product(
+                self._TAPS[pz].items(), self._TAPS[py].items(), self._TAPS[px].items()
+            ):
+                w[pz, py, px, :, :, oz, oy, ox] = weight[:, :, kz, ky, kx].t()
+        self.conv = nn.Conv3d(cin, 8 * cout, 2, bias=ct.bias is not None)
+        self.conv.weight = nn.Parameter(w.reshape(8 * cout, cin, 2, 2, 2), requires_grad=False)
+        if ct.bias is not None:
+            self.conv.bias = nn.Parameter(ct.bias.detach().repeat(8), requires_grad=False)
+
+    @staticmethod
+    def applies_to(module: nn.Module, max_out_channels: int = 4) -> bool:
+        return (type(module) is nn.ConvTranspose3d and module.groups == 1
+                and tuple(module.kernel_size) == (3, 3, 3) and tuple(module.stride) == (2, 2, 2)
+                and tuple(module.padding) == (1, 1, 1)
+                and tuple(module.output_padding) == (1, 1, 1)
+                and tuple(module.dilation) == (1, 1, 1) and module.padding_mode == "zeros"
+                and module.out_channels <= max_out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(F.pad(x, (0, 1, 0, 1, 0, 1)))
+        n, _, z, yy, xx = y.shape
+        y = y.view(n, 2, 2, 2, self.out_channels, z, yy, xx).permute(0, 4, 5, 1, 6, 2, 7, 3)
+        return y.reshape(n, self.out_channels, 2 * z, 2 * yy, 2 * xx)
+
+
+def rewrite_transposed_convs(model: nn.Module) -> int:
+    """Replace small-output stride-2 transposed convs by :class:`SubPixelConvTranspose3d`, in place.
+
+    Returns:
+        The number of layers replaced.
+    """
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if SubPixelConvTranspose3d.applies_to(child):
+                setattr(parent, name, SubPixelConvTranspose3d(child))
+                count += 1
+    return count
+
+
 def inference_copy(net: nn.Module, device: torch.device, dtype: torch.dtype | None = None,
                    channels_last: bool = True) -> nn.Module:
     """A fast evaluation copy of ``net`` on ``device``; ``net`` itself is left untouched.
@@ -247,6 +310,8 @@ def inference_copy(net: nn.Module, device: torch.device, dtype: torch.dtype | No
     n = fold_batchnorm(fast)
     if n:
         log.debug("folded %d BatchNorm layer(s) into convolutions", n)
+    if device.type == "cpu" and rewrite_transposed_convs(fast):
+        log.debug("transposed convolutions to class logits run as sub-pixel convolutions")
     fast = fast.to(device)
     if dtype is not None:
         fast = fast.to(dtype)
