@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,12 @@ from pathlib import Path
 import pytest
 
 NPE2 = Path(sys.executable).with_name("npe2")
+
+
+def run_npe2(*args: str) -> subprocess.CompletedProcess:
+    """Run npe2; it prints non-ASCII marks, so decode as UTF-8 whatever the locale."""
+    env = {**os.environ, "PYTHONUTF8": "1"}
+    return subprocess.run([*npe2_command(), *args], capture_output=True, encoding="utf-8", env=env)
 
 
 def npe2_command() -> list[str]:
@@ -24,7 +31,7 @@ def npe2_command() -> list[str]:
 
 
 def test_npe2_validate():
-    done = subprocess.run([*npe2_command(), "validate", "napari-cnnseg"], capture_output=True, text=True)
+    done = run_npe2("validate", "napari-cnnseg")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "valid" in done.stdout
 
@@ -32,8 +39,7 @@ def test_npe2_validate():
 @pytest.mark.skipif(importlib.util.find_spec("napari_cnnseg._widgets") is None,
                     reason="napari_cnnseg._widgets is not written yet")
 def test_npe2_validate_imports():
-    done = subprocess.run([*npe2_command(), "validate", "napari-cnnseg", "--imports"],
-                          capture_output=True, text=True)
+    done = run_npe2("validate", "napari-cnnseg", "--imports")
     assert done.returncode == 0, done.stdout + done.stderr
 
 
