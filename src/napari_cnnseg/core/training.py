@@ -270,7 +270,8 @@ def finetune(
         image: (Z, Y, X) or (C, Z, Y, X) array, raw intensities.
         scribbles: int array (Z, Y, X) on the image grid; 0 = unlabelled, k = class k-1.
         steps: number of optimisation steps (default 100 when ``seconds`` is not given).
-        seconds: wall-clock budget; training stops after the step that crosses it.
+        seconds: wall-clock budget of the whole call (set-up included); training stops
+            after the step that crosses it.
             With both given, whichever comes first.
         lr: AdamW learning rate.
         batch_size: crops per step (>= 1; 2 or more keeps the CPU on its fast path). A patch
@@ -307,6 +308,7 @@ def finetune(
         InputError: bad shapes, values or settings; no painted voxel.
         Cancelled: ``cancel()`` returned True.
     """
+    start = time.perf_counter()  # the time budget covers the whole call, set-up included
     if steps is None and seconds is None:
         steps = DEFAULT_STEPS
     if steps is not None and int(steps) < 0:
@@ -381,7 +383,6 @@ def finetune(
         history.best_step = 0
         history.eval_losses.append((0, best_loss))
 
-    start = time.perf_counter()
     step = 0
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(seed)
