@@ -13,7 +13,7 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 #: subcommand modules, in the order ``cnnseg --help`` lists them
 SUBCOMMANDS = ("info", "segment", "finetune", "evaluate", "models", "slicer")
@@ -41,10 +41,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``cnnseg`` console script; returns the exit code."""
+def run_reporting_errors(call: Callable[[], int | None], prog: str, command: str = "") -> int:
+    """Run ``call()`` and turn what the user can act on into one stderr line and an exit code.
+
+    Args:
+        call: the work; its return value (None = 0) is the exit code.
+        prog: program name that starts the messages (``cnnseg``, ``cnnseg-slicer``).
+        command: subcommand named in the error line (``cnnseg segment: error: ...``), if any.
+
+    Returns:
+        The exit code: ``call()``'s, :data:`EXIT_USER_ERROR` for a
+        :class:`~napari_cnnseg.core.errors.CnnsegError`, :data:`EXIT_CANCELLED` when cancelled
+        or interrupted. Other exceptions propagate (with their traceback).
+    """
     from ..core.errors import Cancelled, CnnsegError
 
+    try:
+        return int(call() or 0)
+    except Cancelled as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EXIT_CANCELLED
+    except CnnsegError as exc:
+        where = f"{prog} {command}" if command else prog
+        print(f"{where}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_CANCELLED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cnnseg`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -52,17 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    try:
-        return int(args._run(args) or 0)
-    except Cancelled as exc:
-        print(f"cnnseg: {exc}", file=sys.stderr)
-        return EXIT_CANCELLED
-    except CnnsegError as exc:
-        print(f"cnnseg {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("cnnseg: interrupted", file=sys.stderr)
-        return EXIT_CANCELLED
+    return run_reporting_errors(lambda: args._run(args), "cnnseg", args.command)
 
 
 if __name__ == "__main__":  # pragma: no cover
