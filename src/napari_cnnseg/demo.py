@@ -136,6 +136,12 @@ def open_viewer(session: Session, *, show: bool = True) -> tuple[Any, dict[str, 
     return viewer, layers
 
 
+def _camera(viewer):
+    """The viewer's camera: ``viewer.scene.camera`` on napari >= 0.9, ``viewer.camera`` before."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
 def take_screenshots(viewer: Any, layers: dict[str, Any], out: Path, prefix: str = "demo") -> list[Path]:
     """Save a 2D slice view (response map over the image) and a 3D rendering into ``out``."""
     from qtpy.QtWidgets import QApplication
@@ -174,7 +180,8 @@ def take_screenshots(viewer: Any, layers: dict[str, Any], out: Path, prefix: str
     layers["uncertainty"].visible = False
     QApplication.processEvents()
     viewer.reset_view()
-    viewer.camera.zoom = viewer.camera.zoom * 1.3
+    camera = _camera(viewer)
+    camera.zoom = camera.zoom * 1.3
     QApplication.processEvents()
     paths = [out / f"{prefix}_2d.png"]
     viewer.screenshot(str(paths[0]), canvas_only=False)
@@ -188,7 +195,7 @@ def take_screenshots(viewer: Any, layers: dict[str, Any], out: Path, prefix: str
     image.rendering = "mip"
     image.opacity = 0.5
     viewer.reset_view()
-    viewer.camera.angles = CAMERA_3D
+    _camera(viewer).angles = CAMERA_3D
     QApplication.processEvents()
     paths.append(out / f"{prefix}_3d.png")
     viewer.screenshot(str(paths[1]), canvas_only=True)
