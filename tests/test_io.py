@@ -426,3 +426,14 @@ def test_dicom_study_folder_with_one_or_several_series(tmp_path):
     write_dicom_series(second, vol)
     with pytest.raises(VolumeReadError, match="2 DICOM series in sub-folders"):
         read_volume(tmp_path / "patient")
+
+
+def test_same_grid_compares_shape_spacing_origin_and_direction():
+    a = Volume(np.zeros((4, 5, 6), np.uint8), spacing=(2.0, 1.0, 1.0), origin=(1.0, 2.0, 3.0))
+    assert a.same_grid(a.with_array(np.ones((4, 5, 6), np.float32)))
+    assert a.same_grid(a.with_array(np.ones((2, 4, 5, 6), np.float32)))  # channels ignored
+    assert not a.same_grid(a.with_array(np.zeros((4, 5, 7))))
+    assert not a.same_grid(Volume(a.array, spacing=(2.0, 1.0, 1.1), origin=a.origin))
+    assert not a.same_grid(Volume(a.array, spacing=a.spacing, origin=(1.0, 2.0, 3.5)))
+    flipped = np.diag([1.0, -1.0, 1.0])
+    assert not a.same_grid(Volume(a.array, spacing=a.spacing, origin=a.origin, direction=flipped))

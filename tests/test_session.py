@@ -7,21 +7,13 @@ import os
 import numpy as np
 import pytest
 import torch
+from _configs import CLASSES, TINY
 
 from napari_cnnseg._autosave import ScribbleStore, image_key
 from napari_cnnseg._session import Session, normalized_entropy
 from napari_cnnseg.core.errors import InputError
 from napari_cnnseg.core.io import Volume
 from napari_cnnseg.core.sample_data import make_phantom
-
-#: tiny configurations of every family (fast on a 2-core CPU)
-TINY = {
-    "patch_classifier": dict(patch_size=9, widths=[4, 4], pool_after=[], fc_widths=[8]),
-    "unet": dict(depth=2, base_width=4),
-    "encoder_decoder": dict(depth=2, base_width=4),
-    "multiscale": dict(widths=[4, 4], head_widths=[8]),
-}
-CLASSES = ["background", "organ", "vessel", "lesion"]
 
 
 @pytest.fixture

@@ -12,19 +12,14 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
+from _configs import CLASSES, TINY  # noqa: E402
+
 from napari_cnnseg._widgets import SegmentWidget, _worker  # noqa: E402
 from napari_cnnseg._widgets._shared import controller_for  # noqa: E402
 from napari_cnnseg.core.sample_data import make_phantom  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
-TINY = {
-    "patch_classifier": dict(patch_size=9, widths=[4, 4], pool_after=[], fc_widths=[8]),
-    "unet": dict(depth=2, base_width=4),
-    "encoder_decoder": dict(depth=2, base_width=4),
-    "multiscale": dict(widths=[4, 4], head_widths=[8]),
-}
-CLASSES = ["background", "organ", "vessel", "lesion"]
 SHAPE = (10, 24, 24)
 
 

@@ -86,17 +86,6 @@ class SlicerProgress:
 
 
 # ---------- The run itself ------------------------------------------------------------------
-def _same_grid(a: Any, b: Any) -> bool:
-    import numpy as np
-
-    return (
-        a.array.shape[-3:] == b.array.shape[-3:]
-        and np.allclose(a.spacing, b.spacing, rtol=1e-4, atol=1e-6)
-        and np.allclose(a.origin, b.origin, rtol=0, atol=1e-3 * min(a.spacing))
-        and np.allclose(a.direction, b.direction, atol=1e-4)
-    )
-
-
 def scribbles_on_grid(scribbles: Any, image: Any) -> Any:
     """Scribble values (Z, Y, X) on the image's voxel grid.
 
@@ -126,7 +115,7 @@ def scribbles_on_grid(scribbles: Any, image: Any) -> Any:
         if not np.all(np.mod(values, 1) == 0):
             raise InputError("the scribbles must hold integer labels; pass a label map volume")
         values = values.astype(np.int64)
-    if _same_grid(scribbles, image):
+    if scribbles.same_grid(image):
         return values.astype(np.int64, copy=False)
     import SimpleITK as sitk
 

@@ -44,15 +44,11 @@ def evaluate_volumes(pred, gt, num_classes: int | None = None) -> dict:
     from ..core.metrics import dice_per_class, hausdorff95, mean_foreground_dice
 
     p, g = np.asarray(pred.array), np.asarray(gt.array)
-    if p.shape != g.shape:
+    if not pred.same_grid(gt):
         raise InputError(
-            f"prediction {p.shape} and ground truth {g.shape} are on different grids; "
-            "resample the prediction onto the ground truth first"
-        )
-    if not np.allclose(pred.spacing, gt.spacing, rtol=1e-3):
-        raise InputError(
-            f"prediction spacing {pred.spacing} differs from ground-truth spacing {gt.spacing}; "
-            "they must share one grid"
+            f"prediction (shape {p.shape}, spacing {pred.spacing}, origin {pred.origin}) and "
+            f"ground truth (shape {g.shape}, spacing {gt.spacing}, origin {gt.origin}) are on "
+            "different grids; resample the prediction onto the ground truth first"
         )
     dice = dice_per_class(p, g, num_classes)
     k = len(dice)

@@ -107,16 +107,12 @@ def run(args: argparse.Namespace) -> int:
     scrib = read_volume(args.scribbles)
     if scrib.array.ndim != 3:
         raise InputError(f"scribbles must be one 3D label map, got shape {scrib.array.shape}")
-    spatial = image.array.shape[-3:]
-    if scrib.array.shape != spatial:
+    if not scrib.same_grid(image):
         raise InputError(
-            f"scribbles {scrib.array.shape} are not on the image grid {spatial}; "
-            "paint them on the image (same shape, spacing and origin)"
-        )
-    if not np.allclose(scrib.spacing, image.spacing, rtol=1e-3):
-        raise InputError(
-            f"scribble spacing {scrib.spacing} differs from the image spacing {image.spacing}; "
-            "save the scribbles on the image's grid"
+            f"scribbles (shape {scrib.array.shape}, spacing {scrib.spacing}, origin {scrib.origin}) "
+            f"are not on the image grid (shape {image.array.shape[-3:]}, spacing {image.spacing}, "
+            f"origin {image.origin}); paint them on the image (same shape, spacing, origin and "
+            "direction)"
         )
     scribbles = np.asarray(scrib.array).astype(np.int64)
     in_ch = 1 if image.array.ndim == 3 else image.array.shape[0]

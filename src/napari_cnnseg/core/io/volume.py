@@ -118,6 +118,19 @@ class Volume:
         meta.update(metadata)
         return replace(self, array=array, direction=self.direction.copy(), metadata=meta)
 
+    def same_grid(self, other: Volume) -> bool:
+        """True when ``other`` has the same spatial shape, spacing, origin and direction.
+
+        Tolerances: spacing relative 1e-4, origin 1e-3 of the smallest voxel side, direction
+        1e-4 (files store geometry as float32 or decimal text).
+        """
+        return (
+            tuple(self.array.shape[-3:]) == tuple(other.array.shape[-3:])
+            and np.allclose(self.spacing, other.spacing, rtol=1e-4, atol=1e-6)
+            and np.allclose(self.origin, other.origin, rtol=0, atol=1e-3 * min(self.spacing))
+            and np.allclose(self.direction, other.direction, atol=1e-4)
+        )
+
     def geometry(self) -> dict[str, Any]:
         """JSON-able geometry: ``{"spacing", "origin", "direction"}`` in (z, y, x) order."""
         return {

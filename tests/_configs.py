@@ -1,0 +1,13 @@
+"""Small configurations shared by the session and widget tests (fast on a 2-core CPU)."""
+
+from __future__ import annotations
+
+#: a tiny network of every family, built with ``build_model(name, **TINY[name])``
+TINY = {
+    "patch_classifier": dict(patch_size=9, widths=[4, 4], pool_after=[], fc_widths=[8]),
+    "unet": dict(depth=2, base_width=4),
+    "encoder_decoder": dict(depth=2, base_width=4),
+    "multiscale": dict(widths=[4, 4], head_widths=[8]),
+}
+#: the phantom's classes (``make_phantom``)
+CLASSES = ["background", "organ", "vessel", "lesion"]
