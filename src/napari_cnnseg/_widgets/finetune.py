@@ -27,10 +27,8 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QLayout,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -40,6 +38,7 @@ from qtpy.QtWidgets import (
 from .._session import RegionUpdate, warm_up_training
 from ..core.errors import Cancelled, InputError
 from . import _worker
+from ._layout import button_row, progress_and_status
 from ._shared import (
     controller_for,
     geometry_kwargs,
@@ -120,26 +119,10 @@ class FinetuneWidget(QWidget):
         self.every_spin.setToolTip("steps between live refreshes of the visible slice")
         form.addRow("Refresh every", self.every_spin)
         root.addLayout(form)
-        row = QHBoxLayout()
-        self.train_btn = QPushButton("Fine-tune")
-        self.stop_btn = QPushButton("Stop")
-        row.addWidget(self.train_btn)
-        row.addWidget(self.stop_btn)
-        root.addLayout(row)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        root.addWidget(self.progress)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        root.addWidget(self.status)
-        row = QHBoxLayout()
-        self.undo_btn = QPushButton("Undo")
+        self.train_btn, self.stop_btn = button_row(root, "Fine-tune", "Stop")
+        self.progress, self.status = progress_and_status(root)
+        self.undo_btn, self.save_btn = button_row(root, "Undo", "Save model…")
         self.undo_btn.setToolTip("go back to the previous model version")
-        self.save_btn = QPushButton("Save model…")
-        row.addWidget(self.undo_btn)
-        row.addWidget(self.save_btn)
-        root.addLayout(row)
         self.autosave_label = QLabel("")
         self.autosave_label.setWordWrap(True)
         self.autosave_label.setStyleSheet("color: #a0a0a0;")

@@ -22,12 +22,9 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QGroupBox,
-    QHBoxLayout,
     QLabel,
     QLayout,
     QLineEdit,
-    QProgressBar,
-    QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -36,6 +33,7 @@ from qtpy.QtWidgets import (
 from .._session import FAMILIES
 from ..core.errors import Cancelled, CnnsegError, InputError
 from . import _worker
+from ._layout import button_row, progress_and_status
 from ._shared import controller_for, notify_error, notify_info, show_results
 
 logger = logging.getLogger(__name__)
@@ -144,26 +142,11 @@ class SegmentWidget(QWidget):
         adv.addRow("Batch size", self.batch_spin)
         root.addWidget(self.advanced)
 
-        row = QHBoxLayout()
-        self.segment_btn = QPushButton("Segment")
-        self.cancel_btn = QPushButton("Cancel")
-        row.addWidget(self.segment_btn)
-        row.addWidget(self.cancel_btn)
-        root.addLayout(row)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        root.addWidget(self.progress)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        root.addWidget(self.status)
-
-        row = QHBoxLayout()
-        self.export_labels_btn = QPushButton("Export labels…")
-        self.export_probs_btn = QPushButton("Export probabilities…")
-        row.addWidget(self.export_labels_btn)
-        row.addWidget(self.export_probs_btn)
-        root.addLayout(row)
+        self.segment_btn, self.cancel_btn = button_row(root, "Segment", "Cancel")
+        self.progress, self.status = progress_and_status(root)
+        self.export_labels_btn, self.export_probs_btn = button_row(
+            root, "Export labels…", "Export probabilities…"
+        )
         root.addStretch(1)
 
     def _connect(self) -> None:
