@@ -1,5 +1,5 @@
 """Result containers of a session (Qt-free): whole-volume results, live region updates,
-fine-tuning outcome, and the normalised-entropy uncertainty they carry."""
+fine-tuning outcome. Uncertainty is :func:`napari_cnnseg.core.pipeline.normalized_entropy`."""
 
 from __future__ import annotations
 
@@ -8,27 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from .core.pipeline import normalized_entropy  # noqa: F401  (re-exported for the session)
+
 Roi = tuple[slice, slice, slice]
-
-
-def normalized_entropy(probabilities: np.ndarray) -> np.ndarray:
-    """Entropy of per-voxel class probabilities divided by ``log(K)``.
-
-    Args:
-        probabilities: (K, Z, Y, X) float probabilities summing to 1 over K.
-
-    Returns:
-        (Z, Y, X) float32 in [0, 1]: 0 = certain, 1 = uniform over the K classes.
-    """
-    k = probabilities.shape[0]
-    if k < 2:
-        return np.zeros(probabilities.shape[1:], dtype=np.float32)
-    out = np.zeros(probabilities.shape[1:], dtype=np.float32)
-    for p in probabilities:
-        p = np.clip(p.astype(np.float32, copy=False), 1e-12, 1.0)
-        out -= p * np.log(p)
-    out /= np.float32(np.log(k))
-    return np.clip(out, 0.0, 1.0, out=out)
 
 
 @dataclass
