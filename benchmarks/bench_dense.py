@@ -26,19 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size (VmHWM from /proc/self/status) in MiB."""
-    try:
-        from _common import peak_rss_mb as common_peak
-
-        return float(common_peak())
-    except ImportError:  # pragma: no cover - _common.py absent
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-        return float("nan")
+from _common import peak_rss_mb  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
