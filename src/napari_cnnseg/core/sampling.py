@@ -136,10 +136,13 @@ class ScribbleSampler:
                     if self.rng.random() < 0.5:
                         xi = np.flip(xi, axis=axis + 1)
                         yi = np.flip(yi, axis=axis)
-            x[n] = xi
             y[n] = yi
             if self.augment and self.jitter > 0:
                 gain = 1.0 + self.rng.uniform(-self.jitter, self.jitter, size=(c, 1, 1, 1))
                 shift = self.rng.uniform(-self.jitter, self.jitter, size=(c, 1, 1, 1))
-                x[n] = x[n] * gain.astype(np.float32) + shift.astype(np.float32)
+                # written straight into the batch (no temporaries): crop * gain, then + shift
+                np.multiply(xi, gain.astype(np.float32), out=x[n])
+                x[n] += shift.astype(np.float32)
+            else:
+                x[n] = xi
         return Batch(image=x, target=y)
