@@ -341,3 +341,20 @@ def test_registry_names_and_defaults():
 def test_bad_configs_raise_input_error(name, config, match):
     with pytest.raises(InputError, match=match):
         build_model(name, **config)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_center_crop_gradient_equals_slicing_and_keeps_memory_format(channels_last):
+    from napari_cnnseg.core.models.base import center_crop
+
+    x = torch.randn(2, 3, 9, 11, 13, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    x.requires_grad_(True)
+    weights = torch.randn(2, 3, 5, 7, 9, dtype=torch.float64)
+    (center_crop(x, (5, 7, 9)) * weights).sum().backward()
+    ours, x.grad = x.grad, None
+    (x[:, :, 2:7, 2:9, 2:11] * weights).sum().backward()
+    assert torch.equal(ours, x.grad)
+    assert ours.is_contiguous(memory_format=torch.channels_last_3d) == channels_last
+    assert torch.autograd.gradcheck(lambda t: center_crop(t, (5, 7, 9)), (x.detach().requires_grad_(),))
