@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default=None,
                    help="start from this shipped model name or checkpoint (default: a fresh U-Net)")
+    p.add_argument("--init-from", default=None, metavar="NAME_OR_PATH",
+                   help="start from this shipped model's body with a new, freshly initialised "
+                        "head for the labels' classes (transfer; lr and prior as for a fresh net)")
     p.add_argument("--seconds-per-round", type=float, default=SECONDS_PER_ROUND)
     p.add_argument("--steps-per-round", type=int, default=None,
                    help="fixed step budget per round instead of seconds (for recipe studies on a "
@@ -124,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-scratch", action="store_true",
                    help="with --model: skip the from-scratch loop (no dice_cnn_scratch)")
     args = p.parse_args(argv)
+    if args.model and args.init_from:
+        raise SystemExit("--model and --init-from are exclusive")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
     torch.manual_seed(args.seed)
 
@@ -156,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         model = resolve_model(args.model)
         if int(model.num_classes) != k:
             raise SystemExit(f"model {args.model} has {model.num_classes} classes, the labels {k}")
+    elif args.init_from:
+        from napari_cnnseg.core.models import adapt_head, resolve_model
+
+        model = adapt_head(resolve_model(args.init_from), k)
     else:
         model = make_net(k, spacing)  # type: ignore[arg-type]
     res = run_loop(model, image, labels, spacing, args.rounds, args.seed,
@@ -166,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         "shape": list(image.shape),
         "classes": k,
         "seed": args.seed,
+        "cnn_start": (f"model {args.model}" if args.model else
+                      f"body of {args.init_from} + new head" if args.init_from else "fresh"),
         "rounds": args.rounds,
         "dice_cnn_rounds": [round(d, 4) for d in res["dice_cnn_rounds"]],
         "dice_rf_rounds": [round(d, 4) for d in res["dice_rf_rounds"]],

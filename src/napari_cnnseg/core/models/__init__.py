@@ -33,6 +33,7 @@ from .patch_classifier import (
     valid_patch_sizes,
 )
 from .registry import architecture_names, build_model, default_config
+from .transfer import adapt_head
 from .unet import EncoderDecoder3D, UNet3D
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "PatchClassifier",
     "SegNet",
     "UNet3D",
+    "adapt_head",
     "architecture_names",
     "as_dense",
     "build_model",
