@@ -279,3 +279,33 @@ def test_keep_best_never_ends_worse_than_the_start_on_its_eval_crops():
     best = dict(h.eval_losses)[h.best_step]
     assert best == min(loss for _, loss in h.eval_losses)
     assert best <= h.eval_losses[0][1]
+
+
+def _poison_first_gradient(net):
+    """Make the first backward pass give a NaN gradient for one parameter."""
+    calls = {"n": 0}
+
+    def hook(grad):
+        calls["n"] += 1
+        return grad * float("nan") if calls["n"] == 1 else grad
+
+    next(net.parameters()).register_hook(hook)
+
+
+def test_a_non_finite_gradient_is_never_applied(caplog):
+    image, _, scr = _toy()
+    net = _net("unet")
+    _poison_first_gradient(net)
+    with pytest.raises(InputError, match="NaN/inf"):
+        finetune(net, image, scr, steps=2, batch_size=2, crop_shape=(4, 8, 8),
+                 keep_best=False, precision="fp32")
+    assert all(bool(torch.isfinite(p).all()) for p in net.parameters())
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return
+    net = _net("unet")
+    _poison_first_gradient(net)
+    with caplog.at_level("WARNING"):
+        h = finetune(net, image, scr, steps=2, batch_size=2, crop_shape=(4, 8, 8),
+                     keep_best=False, precision="bf16")
+    assert h.steps == 2 and "continuing in fp32" in caplog.text
+    assert all(bool(torch.isfinite(p).all()) for p in net.parameters())

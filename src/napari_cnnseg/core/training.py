@@ -195,6 +195,12 @@ def _use_bf16(device: torch.device, precision: str) -> bool:
     return ok
 
 
+def _grads_finite(model: nn.Module) -> bool:
+    """True when every parameter gradient is finite (no NaN/inf)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return all(bool(torch.isfinite(g).all()) for g in grads)
+
+
 def _adamw(params: list[torch.nn.Parameter], *, lr: float, weight_decay: float,
            device: torch.device) -> torch.optim.Optimizer:
     """AdamW with the fused (one kernel for all parameters) step where the build has it.
@@ -422,13 +428,22 @@ def finetune(
                 with torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
                     logits = _forward(model, xb, patch)
                 loss = scribble_loss(logits, yb, prior_target=prior_of(xb), **loss_kw)
-                if not torch.isfinite(loss):
+                finite = bool(torch.isfinite(loss))
+                opt.zero_grad(set_to_none=True)
+                if finite:
+                    loss.backward()
+                    finite = _grads_finite(model)
+                if not finite:
+                    opt.zero_grad(set_to_none=True)  # never apply a non-finite update
+                    if bf16:  # bf16's 8-bit mantissa overflowed somewhere: go on in fp32
+                        log.warning("bf16 gave a non-finite loss or gradient at step %d; "
+                                    "skipping it and continuing in fp32", step)
+                        bf16 = False
+                        continue
                     raise InputError(
                         "the training loss became NaN/inf; lower the learning rate or check "
                         "the image for NaN values"
                     )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
                 opt.step()
                 step += 1
                 history.losses.append(float(loss.detach()))
