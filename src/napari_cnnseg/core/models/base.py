@@ -156,6 +156,31 @@ def check_int(name: str, value: Any, minimum: int = 0) -> int:
     return int(value)
 
 
+def check_int_tuple(name: str, value: Any) -> tuple[int, ...]:
+    """Return ``value`` (an int or a list of integers) as a tuple of ints; else raise InputError."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value,)
+    if isinstance(value, (str, bytes)):
+        raise InputError(f"{name} must be a list of integers, got {value!r}")
+    try:
+        out = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a list of integers, got {value!r}") from None
+    if any(isinstance(v, bool) for v in value) or any(float(a) != b for a, b in zip(value, out, strict=True)):
+        raise InputError(f"{name} must be a list of integers, got {value!r}")
+    return out
+
+
+def check_widths(name: str, value: Any, *, nonempty: bool = False) -> tuple[int, ...]:
+    """Channel widths: a tuple of positive ints (at least one when ``nonempty``)."""
+    widths = check_int_tuple(name, value)
+    if nonempty and (not widths or any(w < 1 for w in widths)):
+        raise InputError(f"{name} must be one or more positive integers, got {widths!r}")
+    if any(w < 1 for w in widths):
+        raise InputError(f"{name} must be positive integers, got {widths!r}")
+    return widths
+
+
 def check_float(name: str, value: Any, low: float, high: float) -> float:
     """Return ``value`` as float if ``low <= value < high``; else raise InputError."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:

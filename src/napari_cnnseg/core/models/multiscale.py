@@ -33,8 +33,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from .base import NORMS, SegNet, check_choice, check_float, check_int, conv_block
-from .patch_classifier import _as_int_tuple
+from .base import (
+    NORMS,
+    SegNet,
+    check_choice,
+    check_float,
+    check_int,
+    check_int_tuple,
+    check_widths,
+    conv_block,
+)
 
 UPSAMPLINGS = ("nearest",)
 
@@ -104,16 +112,12 @@ class MultiScaleNet(SegNet):
         super().__init__()
         check_int("in_channels", in_channels, 1)
         check_int("num_classes", num_classes, 1)
-        widths = _as_int_tuple("widths", widths)
-        factors = _as_int_tuple("factors", factors)
-        head_widths = _as_int_tuple("head_widths", head_widths)
+        widths = check_widths("widths", widths, nonempty=True)
+        factors = check_int_tuple("factors", factors)
+        head_widths = check_widths("head_widths", head_widths)
         check_choice("norm", norm, NORMS)
         check_choice("upsampling", upsampling, UPSAMPLINGS)
         dropout = check_float("dropout", dropout, 0.0, 1.0)
-        if not widths or any(w < 1 for w in widths):
-            raise InputError(f"widths must be one or more positive integers, got {widths!r}")
-        if any(w < 1 for w in head_widths):
-            raise InputError(f"head_widths must be positive integers, got {head_widths!r}")
         if any(f < 3 or f % 2 == 0 for f in factors) or len(set(factors)) != len(factors):
             raise InputError(
                 f"factors must be distinct odd integers >= 3 (e.g. [3] or [3, 9]), got {list(factors)}"

@@ -30,21 +30,16 @@ import torch
 from torch import nn
 
 from ..errors import InputError, ShapeError
-from .base import NORMS, SegNet, check_choice, check_float, check_int, make_norm
-
-
-def _as_int_tuple(name: str, value: Any) -> tuple[int, ...]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value,)
-    if isinstance(value, (str, bytes)):
-        raise InputError(f"{name} must be a list of integers, got {value!r}")
-    try:
-        out = tuple(int(v) for v in value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a list of integers, got {value!r}") from None
-    if any(isinstance(v, bool) for v in value) or any(float(a) != b for a, b in zip(value, out, strict=True)):
-        raise InputError(f"{name} must be a list of integers, got {value!r}")
-    return out
+from .base import (
+    NORMS,
+    SegNet,
+    check_choice,
+    check_float,
+    check_int,
+    check_int_tuple,
+    check_widths,
+    make_norm,
+)
 
 
 def _feature_size(
@@ -115,17 +110,13 @@ class PatchClassifier(nn.Module):
         check_int("in_channels", in_channels, 1)
         check_int("num_classes", num_classes, 1)
         check_int("patch_size", patch_size, 1)
-        widths = _as_int_tuple("widths", widths)
-        pool_after = tuple(sorted(_as_int_tuple("pool_after", pool_after)))
-        fc_widths = _as_int_tuple("fc_widths", fc_widths)
+        widths = check_widths("widths", widths, nonempty=True)
+        pool_after = tuple(sorted(check_int_tuple("pool_after", pool_after)))
+        fc_widths = check_widths("fc_widths", fc_widths)
         check_int("pool_size", pool_size, 1)
         check_int("pool_kernel", pool_kernel, 1)
         check_choice("norm", norm, NORMS)
         dropout = check_float("dropout", dropout, 0.0, 1.0)
-        if not widths or any(w < 1 for w in widths):
-            raise InputError(f"widths must be one or more positive integers, got {widths!r}")
-        if any(w < 1 for w in fc_widths):
-            raise InputError(f"fc_widths must be positive integers, got {fc_widths!r}")
         if any(not 1 <= i <= len(widths) for i in pool_after):
             raise InputError(
                 f"pool_after entries must be convolution indices 1..{len(widths)}, got {pool_after!r}"
