@@ -437,3 +437,49 @@ def test_same_grid_compares_shape_spacing_origin_and_direction():
     assert not a.same_grid(Volume(a.array, spacing=a.spacing, origin=(1.0, 2.0, 3.5)))
     flipped = np.diag([1.0, -1.0, 1.0])
     assert not a.same_grid(Volume(a.array, spacing=a.spacing, origin=a.origin, direction=flipped))
+
+
+def test_zarr_volume_writer_fills_then_commits_atomically(tmp_path):
+    from napari_cnnseg.core.io import ZarrVolumeWriter
+
+    like = oblique_volume(np.float32)
+    dest = tmp_path / "probs.ome.zarr"
+    data = np.random.default_rng(1).random((2, *like.spatial_shape)).astype(np.float32)
+    with ZarrVolumeWriter(dest, like=like, shape=data.shape, dtype="f4", class_names=["a", "b"]) as w:
+        assert isinstance(w.array, zarr.Array) and not dest.exists()  # hidden until committed
+        for z in range(data.shape[1]):  # filled slab by slab
+            w.array[:, z] = data[:, z]
+        assert isinstance(w.volume().array, zarr.Array) and w.volume().spacing == like.spacing
+        assert w.commit() == dest
+    back = read_volume(dest, all_channels=True)
+    np.testing.assert_array_equal(back.array, data)
+    assert_same_geometry(back, like, tol=0)
+    assert back.metadata["class_names"] == ["a", "b"] and back.metadata["unit"] == "mm"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["probs.ome.zarr"]
+    # a committed store replaces an existing one; an uncommitted one leaves nothing behind
+    with ZarrVolumeWriter(dest, like=like, shape=like.spatial_shape, dtype=np.uint8) as w:
+        w.array[...] = 7
+        w.commit()
+    assert read_volume(dest).array.dtype == np.uint8 and int(read_volume(dest).array.min()) == 7
+    with pytest.raises(RuntimeError), ZarrVolumeWriter(tmp_path / "scratch.zarr", like=like,
+                                                       shape=like.spatial_shape, dtype="f4"):
+        raise RuntimeError("failed while filling")
+    with ZarrVolumeWriter(tmp_path / "scratch.zarr", like=like, shape=like.spatial_shape, dtype="f4"):
+        pass  # never committed: a scratch store
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["probs.ome.zarr"]
+
+
+def test_zarr_volume_writer_errors(tmp_path):
+    from napari_cnnseg.core.errors import CnnsegError
+    from napari_cnnseg.core.io import ZarrVolumeWriter
+
+    like = oblique_volume()
+    with pytest.raises(InputError, match=r"\.zarr"):
+        ZarrVolumeWriter(tmp_path / "x.nii.gz", like=like, shape=like.spatial_shape, dtype="f4")
+    with pytest.raises(InputError, match="grid"):
+        ZarrVolumeWriter(tmp_path / "x.zarr", like=like, shape=(7, 9, 12), dtype="f4")
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where a folder should be")
+    with pytest.raises(CnnsegError, match="cannot create"):
+        ZarrVolumeWriter(blocker / "x.zarr", like=like, shape=like.spatial_shape, dtype="f4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not_a_folder"]

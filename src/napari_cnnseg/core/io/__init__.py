@@ -19,11 +19,13 @@ Formats: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``), MetaImage (
 ``.mhd``) and DICOM series folders through SimpleITK; TIFF stacks (ImageJ / OME spacing)
 through tifffile; Zarr / OME-Zarr (level 0, multiscales ``scale`` / ``translation``)
 through zarr. All but DICOM can be written; writes are atomic (temporary file in the same
-folder, then :func:`os.replace`).
+folder, then :func:`os.replace`). :class:`ZarrVolumeWriter` creates an empty Zarr volume to
+fill piece by piece (outputs larger than memory) and commits it the same way.
 """
 
 from ._dispatch import read_volume, write_volume
 from ._sitk_formats import CLASS_NAMES_KEY, is_dicom_file, volume_from_sitk, volume_to_sitk
+from ._stream import ZarrVolumeWriter
 from ._suffixes import (
     DICOM_SUFFIXES,
     READ_SUFFIXES,
@@ -47,6 +49,7 @@ __all__ = [
     "WRITE_SUFFIXES",
     "ZARR_SUFFIXES",
     "Volume",
+    "ZarrVolumeWriter",
     "is_dicom_file",
     "read_volume",
     "volume_from_sitk",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import VolumeReadError
 from ._arrays import _check_spatial, _select_channel, _storable, _to_czyx
-from .volume import _NGFF_UNITS, Volume, _geometry_from_record, _portable_metadata, _unit
+from .volume import _NGFF_UNITS, Volume, _geometry_from_record, _portable_metadata_of, _unit
 
 #: group attribute holding our own geometry record
 GEOMETRY_KEY = "cnnseg"
@@ -80,27 +81,49 @@ def _read_zarr(path: Path, channel: int | None, all_channels: bool, lazy: bool =
     return Volume(data, tuple(spacing), tuple(origin), metadata={"unit": unit} if unit else {})
 
 
-def _write_zarr(path: Path, volume: Volume) -> None:
+def _create_zarr(path: Path, shape: tuple[int, ...], dtype: Any, geometry: dict[str, Any],
+                 metadata: dict[str, Any], chunks: tuple[int, ...] | None = None) -> Any:
+    """Create an OME-Zarr 0.4 group at ``path`` with one empty (Z, Y, X) / (C, Z, Y, X) array.
+
+    Args:
+        path: the store folder (written as is; callers make it atomic).
+        shape: (Z, Y, X) or (C, Z, Y, X).
+        dtype: voxel type.
+        geometry: ``Volume.geometry()`` of the grid (spacing, origin, direction in (z, y, x)).
+        metadata: the volume's metadata (``class_names``, ``name``, ``unit`` are kept).
+        chunks: chunk shape; default at most 64 per spatial axis and 1 channel per chunk.
+
+    Returns:
+        The level-0 ``zarr.Array`` (filled with zeros until written).
+    """
     import zarr
 
-    data = _storable(volume.array)
+    shape = tuple(int(s) for s in shape)
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
-    chunks = tuple(min(s, 64) for s in data.shape[-3:])
-    if data.ndim == 4:
-        chunks = (1, *chunks)
-    arr = root.create_array("0", shape=data.shape, dtype=data.dtype, chunks=chunks)
-    arr[...] = data
-    ngff_unit = _NGFF_UNITS.get(_unit(volume.metadata.get("unit")) or "")
+    if chunks is None:
+        chunks = tuple(min(s, 64) for s in shape[-3:])
+        if len(shape) == 4:
+            chunks = (1, *chunks)
+    arr = root.create_array("0", shape=shape, dtype=np.dtype(dtype), chunks=tuple(chunks))
+    unit = _unit(metadata.get("unit"))
+    ngff_unit = _NGFF_UNITS.get(unit or "")
     axes = [{"name": n, "type": "space", **({"unit": ngff_unit} if ngff_unit else {})} for n in "zyx"]
-    scale, trans = list(volume.spacing), list(volume.origin)
-    if data.ndim == 4:
+    scale, trans = list(geometry["spacing"]), list(geometry["origin"])
+    if len(shape) == 4:
         axes.insert(0, {"name": "c", "type": "channel"})
         scale, trans = [1.0, *scale], [0.0, *trans]
     root.attrs["multiscales"] = [{
         "version": "0.4",
-        "name": str(volume.metadata.get("name", path.stem)),
+        "name": str(metadata.get("name", path.stem)),
         "axes": axes,
         "datasets": [{"path": "0", "coordinateTransformations": [
             {"type": "scale", "scale": scale}, {"type": "translation", "translation": trans}]}],
     }]
-    root.attrs[GEOMETRY_KEY] = {**volume.geometry(), **_portable_metadata(volume)}
+    root.attrs[GEOMETRY_KEY] = {**geometry, **_portable_metadata_of(metadata)}
+    return arr
+
+
+def _write_zarr(path: Path, volume: Volume) -> None:
+    data = _storable(volume.array)
+    arr = _create_zarr(path, data.shape, data.dtype, volume.geometry(), volume.metadata)
+    arr[...] = data

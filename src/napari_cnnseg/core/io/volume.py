@@ -153,7 +153,12 @@ def _geometry_from_record(record: Any, path: Path) -> dict[str, Any]:
 
 def _portable_metadata(volume: Volume) -> dict[str, Any]:
     """The metadata entries worth keeping inside TIFF / Zarr files."""
-    out = {k: volume.metadata[k] for k in ("class_names", "name") if k in volume.metadata}
-    if _unit(volume.metadata.get("unit")):
-        out["unit"] = _unit(volume.metadata["unit"])
+    return _portable_metadata_of(volume.metadata)
+
+
+def _portable_metadata_of(metadata: dict[str, Any]) -> dict[str, Any]:
+    """:func:`_portable_metadata` of a bare metadata dict."""
+    out = {k: metadata[k] for k in ("class_names", "name") if k in metadata}
+    if _unit(metadata.get("unit")):
+        out["unit"] = _unit(metadata["unit"])
     return out
