@@ -85,3 +85,54 @@ def test_real_brain_crop_runs_end_to_end():
     res = segment_volume(crop, net, device="cpu", precision="fp32", tile_shape=28)
     assert res.labels.spatial_shape == (16, 32, 32)
     assert set(np.unique(res.labels.array)) <= {0, 1}
+
+
+def test_outputs_stream_into_caller_given_arrays(phantom, tmp_path):
+    zarr = pytest.importorskip("zarr")
+    image, _ = phantom
+    net = build_model("unet", depth=1, base_width=4, padding="valid", num_classes=3).eval()
+    ref = segment_volume(image, net, device="cpu", precision="fp32", tile_shape=28)
+    grid = image.spatial_shape
+    lazy = image.with_array(zarr.open_array(str(tmp_path / "in.zarr"), mode="w", shape=grid,
+                                            chunks=(5, 8, 8), dtype="f4"))
+    lazy.array[...] = image.array
+    outs = {name: zarr.open_array(str(tmp_path / f"{name}.zarr"), mode="w", shape=shape,
+                                  chunks=(1, 4, 8, 8)[-len(shape):], dtype=dtype)
+            for name, shape, dtype in (("probabilities_out", (3, *grid), "f4"),
+                                       ("labels_out", grid, "u1"), ("uncertainty_out", grid, "f4"))}
+    res = segment_volume(lazy, net, device="cpu", precision="fp32", tile_shape=28, **outs)
+    assert res.probabilities.array is outs["probabilities_out"]
+    assert res.labels.array is outs["labels_out"] and res.uncertainty.array is outs["uncertainty_out"]
+    np.testing.assert_array_equal(outs["labels_out"][...], ref.labels.array)
+    np.testing.assert_allclose(outs["probabilities_out"][...], ref.probabilities.array, atol=1e-6)
+    np.testing.assert_allclose(outs["uncertainty_out"][...], ref.uncertainty.array, atol=1e-6)
+    assert res.labels.spacing == image.spacing and res.class_names == ref.class_names
+    # only labels to a caller array; probabilities in memory, not kept
+    labels = np.zeros(grid, np.int32)
+    res = segment_volume(image, net, probabilities=False, uncertainty=False, labels_out=labels,
+                         device="cpu", precision="fp32", tile_shape=28)
+    assert res.labels.array is labels and res.probabilities is None and res.uncertainty is None
+    np.testing.assert_array_equal(labels, ref.labels.array)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"probabilities_out": np.zeros((2, 12, 24, 24), np.float32)}, r"\(3, 12, 24, 24\)"),
+        ({"labels_out": np.zeros((12, 24, 23), np.uint8)}, r"\(12, 24, 24\)"),
+        ({"labels_out": np.zeros((12, 24, 24), np.float32)}, "integer"),
+        ({"uncertainty_out": np.zeros((12, 24, 24), np.uint8)}, "floats"),
+        ({"uncertainty_out": np.zeros((12, 24, 24), np.float32), "uncertainty": False}, "uncertainty=True"),
+        ({"out": np.zeros((3, 12, 24, 24), np.float32)}, "probabilities_out"),
+    ],
+)
+def test_bad_out_arrays_fail_before_predicting(phantom, monkeypatch, kwargs, message):
+    import napari_cnnseg.core.pipeline as pipeline
+
+    def no_predict(*args, **kw):
+        raise AssertionError("predict ran")
+
+    monkeypatch.setattr(pipeline, "predict", no_predict)
+    net = build_model("unet", depth=1, base_width=4, padding="valid", num_classes=3).eval()
+    with pytest.raises(InputError, match=message):
+        segment_volume(phantom[0], net, **kwargs)

@@ -16,7 +16,7 @@ import numpy as np
 from torch import nn
 
 from .errors import InputError
-from .inference import predict
+from .inference import network_spec, predict
 from .io import Volume
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,8 @@ class SegmentationResult:
         probabilities: softmax probabilities (K, Z, Y, X) float32, or None.
         uncertainty: normalised entropy (Z, Y, X) float32 in [0, 1] (0 = certain,
             1 = uniform over the K classes), or None.
+
+    Each array is numpy, or the caller's ``*_out`` array (e.g. zarr) when one was given.
     """
 
     labels: Volume
@@ -93,7 +95,8 @@ def normalized_entropy(probabilities: Any, out: Any = None) -> Any:
     return out
 
 
-def _class_names(model: nn.Module, k: int) -> list[str]:
+def class_names_for(model: nn.Module, k: int) -> list[str]:
+    """The model's K class names (``meta["class_names"]``), else background, class 1, ..."""
     meta = getattr(model, "meta", None) or {}
     names = list(meta.get("class_names") or [])
     if len(names) != k:
@@ -108,37 +111,92 @@ def _class_names(model: nn.Module, k: int) -> list[str]:
     return names
 
 
+def _check_out(name: str, out: Any, shape: tuple[int, ...], kinds: str, what: str) -> None:
+    """An ``out=`` array must have the volume's grid and a fitting dtype."""
+    if out is None:
+        return
+    if tuple(int(s) for s in getattr(out, "shape", ())) != shape:
+        raise InputError(f"{name} has shape {tuple(getattr(out, 'shape', ()))}; it must be {shape}")
+    if np.dtype(out.dtype).kind not in kinds:
+        raise InputError(f"{name} has dtype {out.dtype}; it must hold {what}")
+
+
 def segment_volume(
     volume: Volume,
     model: nn.Module,
     *,
     probabilities: bool = True,
     uncertainty: bool = True,
+    probabilities_out: Any = None,
+    labels_out: Any = None,
+    uncertainty_out: Any = None,
     **predict_kwargs: Any,
 ) -> SegmentationResult:
     """Segment a volume: labels (+ probabilities, + uncertainty) on its geometry.
+
+    By default every output is a numpy array in memory (the probabilities take K x 4 bytes per
+    voxel). For volumes larger than memory, pass a lazy ``volume.array`` (zarr / dask) and
+    ``*_out`` arrays to fill (e.g. ``zarr.Array``, see :class:`~.io.ZarrVolumeWriter`): the
+    probabilities are written tile by tile and labels / uncertainty slab by slab, so peak
+    memory is bounded by the tiles and slabs, not the volume.
 
     Args:
         volume: image (Z, Y, X) or (C, Z, Y, X) with its geometry.
         model: network (see :func:`~.inference.predict`).
         probabilities: keep the (K, Z, Y, X) probability Volume in the result.
         uncertainty: compute the normalised-entropy Volume.
+        probabilities_out: (K, Z, Y, X) float32 / float16 array-like to fill with the softmax
+            probabilities (numpy, zarr, ...) instead of a new numpy array.
+        labels_out: (Z, Y, X) integer array-like to fill with the class indices.
+        uncertainty_out: (Z, Y, X) float array-like to fill with the normalised entropy
+            (needs ``uncertainty=True``).
         **predict_kwargs: passed to :func:`~.inference.predict` (tile_shape, overlap,
             batch_size, device, precision, normalization, progress, cancel, ...).
 
     Returns:
         :class:`SegmentationResult`. ``labels.metadata["class_names"]`` holds the model's
-        class names; probabilities/uncertainty are None when not asked for.
+        class names; probabilities/uncertainty are None when not asked for. Each Volume wraps
+        the given ``*_out`` array when there is one.
+
+    Raises:
+        InputError: not a Volume, an ``roi``, or an ``*_out`` array off the volume's grid.
     """
     if not isinstance(volume, Volume):
         raise InputError(f"segment_volume expects a core.io.Volume, got {type(volume).__name__}")
     if predict_kwargs.get("roi") is not None:
         raise InputError("segment_volume predicts the whole volume; use predict(..., roi=) for a box")
-    probs = predict(volume.array, model, **predict_kwargs)
-    k = probs.shape[0]
-    names = _class_names(model, k)
-    labels = volume.with_array(labels_from_probabilities(probs), class_names=names)
-    unc = volume.with_array(normalized_entropy(probs), class_names=names) if uncertainty else None
+    if predict_kwargs.get("out") is not None:
+        raise InputError("segment_volume takes probabilities_out=, not out=")
+    if uncertainty_out is not None and not uncertainty:
+        raise InputError("uncertainty_out needs uncertainty=True")
+    grid = tuple(volume.spatial_shape)
+    k = network_spec(model).num_classes
+    # checked before the (long) prediction
+    _check_out("probabilities_out", probabilities_out, (k, *grid), "f", "floats")
+    _check_out("labels_out", labels_out, grid, "iu", "class indices (an integer type)")
+    _check_out("uncertainty_out", uncertainty_out, grid, "f", "floats")
+    if labels_out is not None and k > np.iinfo(labels_out.dtype).max + 1:
+        raise InputError(f"labels_out has dtype {labels_out.dtype}, too small for {k} classes")
+    probs = predict(volume.array, model, out=probabilities_out, **predict_kwargs)
+    names = class_names_for(model, k)
+    label_arr, unc_arr = _reduce(probs, labels_out, uncertainty_out, uncertainty)
+    labels = volume.with_array(label_arr, class_names=names)
+    unc = volume.with_array(unc_arr, class_names=names) if uncertainty else None
     prob_vol = volume.with_array(probs, class_names=names) if probabilities else None
     log.debug("segmented %s into %d classes", volume.spatial_shape, k)
     return SegmentationResult(labels=labels, probabilities=prob_vol, uncertainty=unc)
+
+
+def _reduce(probs: Any, labels_out: Any, uncertainty_out: Any, uncertainty: bool) -> tuple[Any, Any]:
+    """Labels (+ uncertainty) in one pass over the probabilities, slab by slab."""
+    k = probs.shape[0]
+    if labels_out is None:
+        labels_out = np.empty(probs.shape[1:], dtype=np.uint8 if k <= 255 else np.uint16)
+    if uncertainty and uncertainty_out is None:
+        uncertainty_out = np.empty(probs.shape[1:], dtype=np.float32)
+    for z0 in range(0, probs.shape[1], _SLAB):
+        block = np.asarray(probs[:, z0:z0 + _SLAB])  # read once (zarr: one decompression)
+        labels_out[z0:z0 + _SLAB] = labels_from_probabilities(block)
+        if uncertainty:
+            uncertainty_out[z0:z0 + _SLAB] = normalized_entropy(block)
+    return labels_out, uncertainty_out if uncertainty else None
