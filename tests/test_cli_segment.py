@@ -26,12 +26,30 @@ def volume():
                   origin=(10.0, -5.0, 2.5), direction=direction)
 
 
-def test_round_trip_keeps_geometry_and_matches_engine(tmp_path, model_path, volume, capsys):
+@pytest.fixture
+def predict_spy(monkeypatch):
+    """Record the type of ``out=`` that segment_volume hands to predict."""
+    import napari_cnnseg.core.pipeline as pipeline
+
+    seen: list[type] = []
+    real = pipeline.predict
+
+    def spy(image, model, **kwargs):
+        seen.append(type(kwargs.get("out")))
+        return real(image, model, **kwargs)
+
+    monkeypatch.setattr(pipeline, "predict", spy)
+    return seen
+
+
+def test_round_trip_keeps_geometry_and_matches_engine(tmp_path, model_path, volume, capsys,
+                                                      predict_spy):
     src = write_volume(tmp_path / "head.nii.gz", volume)
     out = tmp_path / "out"
     code = main(["segment", str(src), "-m", str(model_path), "-o", str(out), "--probabilities",
                  "--uncertainty", "--device", "cpu", "--precision", "fp32", "--tile", "24", "24", "24"])
     assert code == 0
+    assert predict_spy == [type(None)]  # NIfTI in and out: the in-memory path
     printed = capsys.readouterr()
     assert "head.nii.gz [" in printed.err and "tiles" in printed.err  # progress bar on stderr
     labels = read_volume(out / "head_labels.nii.gz")
@@ -111,3 +129,108 @@ def test_output_stem_and_progress_bar():
     lines = stream.getvalue().splitlines()
     assert lines[-1].startswith("x [") and "10/10 tiles" in lines[-1]
     assert len(lines) <= 5  # not a terminal: a few lines, not one per tile
+
+
+def _reference(src, model_path):
+    from napari_cnnseg.core.models import load_model
+
+    return segment_volume(read_volume(src), load_model(model_path), device="cpu", precision="fp32",
+                          tile_shape=24)
+
+
+def test_zarr_in_zarr_out_streams_and_equals_the_in_memory_path(tmp_path, model_path, volume,
+                                                                 predict_spy, capsys):
+    zarr = pytest.importorskip("zarr")
+    src = write_volume(tmp_path / "head.ome.zarr", volume)
+    out = tmp_path / "out"
+    code = main(["segment", str(src), "-m", str(model_path), "-o", str(out), "--probabilities",
+                 "--uncertainty", "--device", "cpu", "--precision", "fp32", "--tile", "24", "24", "24",
+                 "-q"])
+    assert code == 0
+    assert predict_spy == [zarr.Array]  # probabilities streamed into a store, never a numpy array
+    names = ["head_labels.ome.zarr", "head_probabilities.ome.zarr", "head_uncertainty.ome.zarr"]
+    assert capsys.readouterr().out.split() == [str(out / n) for n in names]
+    assert sorted(p.name for p in out.iterdir()) == names  # no scratch stores left
+    ref = _reference(src, model_path)
+    labels = read_volume(out / names[0])
+    probs = read_volume(out / names[1], all_channels=True)
+    unc = read_volume(out / names[2])
+    np.testing.assert_array_equal(labels.array, ref.labels.array)
+    assert labels.array.dtype == np.uint8
+    np.testing.assert_allclose(probs.array, ref.probabilities.array, atol=1e-6)
+    np.testing.assert_allclose(unc.array, ref.uncertainty.array, atol=1e-6)
+    for vol in (labels, probs, unc):
+        assert vol.same_grid(volume) and vol.metadata["class_names"] == ["background", "a", "b"]
+
+
+def test_zarr_in_nifti_out_streams_through_a_scratch_store(tmp_path, model_path, volume, predict_spy):
+    zarr = pytest.importorskip("zarr")
+    src = write_volume(tmp_path / "head.zarr", volume)
+    out = tmp_path / "out"
+    code = main(["segment", str(src), "-m", str(model_path), "-o", str(out), "--format", "nii.gz",
+                 "--device", "cpu", "--precision", "fp32", "--tile", "24", "24", "24", "-q"])
+    assert code == 0 and predict_spy == [zarr.Array]
+    assert sorted(p.name for p in out.iterdir()) == ["head_labels.nii.gz"]  # scratch store removed
+    labels = read_volume(out / "head_labels.nii.gz")
+    np.testing.assert_array_equal(labels.array, _reference(src, model_path).labels.array)
+    np.testing.assert_allclose(labels.spacing, volume.spacing, rtol=1e-6)
+
+
+def test_nifti_in_zarr_out_streams_labels(tmp_path, model_path, volume, predict_spy):
+    zarr = pytest.importorskip("zarr")
+    src = write_volume(tmp_path / "head.nii.gz", volume)
+    out = tmp_path / "out"
+    assert main(["segment", str(src), "-m", str(model_path), "-o", str(out), "--format", "zarr",
+                 "--device", "cpu", "--precision", "fp32", "--tile", "24", "24", "24", "-q"]) == 0
+    assert predict_spy == [zarr.Array]
+    assert sorted(p.name for p in out.iterdir()) == ["head_labels.zarr"]
+    np.testing.assert_array_equal(read_volume(out / "head_labels.zarr").array,
+                                  _reference(src, model_path).labels.array)
+
+
+def test_unwritable_outdir_exits_2_with_one_clear_line(tmp_path, model_path, volume, capsys,
+                                                      monkeypatch):
+    src = write_volume(tmp_path / "v.zarr", volume)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    assert main(["segment", str(src), "-m", str(model_path), "-o", str(blocker / "out"), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "cannot create output folder" in err[-1] and "Traceback" not in "\n".join(err)
+    import napari_cnnseg.cli.segment as cli_segment
+
+    monkeypatch.setattr(cli_segment.os, "access", lambda *a, **k: False)  # root writes anywhere
+    assert main(["segment", str(src), "-m", str(model_path), "-o", str(tmp_path / "o"), "-q"]) == 2
+    assert "is not writable" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_streaming_failures_leave_no_stores_behind(tmp_path, model_path, volume, capsys, monkeypatch):
+    import napari_cnnseg.core.io._stream as stream
+    import napari_cnnseg.core.pipeline as pipeline
+    from napari_cnnseg.core.errors import DeviceError
+
+    src = write_volume(tmp_path / "v.zarr", volume)
+    out = tmp_path / "out"
+    real_create = stream._create_zarr
+
+    def create_then_fail(path, *args, **kwargs):
+        if "uncertainty" in path.name:  # the third store: two were created already
+            raise PermissionError(13, "Permission denied")
+        return real_create(path, *args, **kwargs)
+
+    monkeypatch.setattr(stream, "_create_zarr", create_then_fail)
+    args = ["segment", str(src), "-m", str(model_path), "-o", str(out), "--uncertainty",
+            "--probabilities", "-q", "--device", "cpu"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "v_uncertainty.zarr: Permission denied" in err and "1 of 1 input(s) failed" in err
+    assert list(out.iterdir()) == []
+    monkeypatch.setattr(stream, "_create_zarr", real_create)
+
+    def predict_fails_halfway(image, model, out=None, **kwargs):
+        out[:, :2] = 0.5
+        raise DeviceError("out of memory")
+
+    monkeypatch.setattr(pipeline, "predict", predict_fails_halfway)
+    assert main(args) == 2
+    assert "out of memory" in capsys.readouterr().err
+    assert list(out.iterdir()) == []

@@ -12,12 +12,19 @@ Outputs land on the source geometry (spacing, origin, direction), in the input's
 ``--format`` says otherwise (DICOM inputs default to ``.nii.gz``). A progress bar runs on stderr;
 the written paths are printed on stdout. A bad input is reported and skipped; the exit code is
 then 2 (1 volume failed or more), 0 when every input was segmented.
+
+Larger than memory: a Zarr / OME-Zarr input is read tile by tile and its probabilities are
+written tile by tile into a Zarr store in OUTDIR (``<stem>_probabilities.zarr`` with
+``--probabilities --format zarr``, else a hidden scratch store removed afterwards); with a Zarr
+output format the labels and uncertainty are written slab by slab too. Peak memory is then
+bounded by the tiles (plus 1 byte per voxel for labels written to a non-Zarr format).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,6 +33,8 @@ log = logging.getLogger(__name__)
 
 _KNOWN_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".nii.gz", ".nii", ".nrrd", ".nhdr",
                    ".mha", ".mhd", ".tiff", ".tif", ".zarr", ".dcm")
+#: probabilities written to a non-Zarr format from a streamed input warn from this size on
+_WARN_IN_MEMORY_BYTES = 1 << 30
 _WRITE_FORMATS = ("nii.gz", "nii", "nrrd", "mha", "tif", "tiff", "ome.tif", "zarr", "ome.zarr")
 
 
@@ -114,6 +123,16 @@ def _read(path: Path, channel: int | None, in_channels: int):
         raise InputError(f"{exc} (pass --channel N)") from None
 
 
+def _streams(volume, ext: str) -> bool:
+    """Stream through zarr when the input is lazy / Zarr or the output format is Zarr."""
+    import numpy as np
+
+    from ..core.io import ZARR_SUFFIXES
+
+    return (not isinstance(volume.array, np.ndarray) or volume.metadata.get("format") == "zarr"
+            or ext.lower() in ZARR_SUFFIXES)
+
+
 def segment_file(path: Path, model, args: argparse.Namespace) -> list[Path]:
     """Segment one input; returns the written paths."""
     from ..core.errors import InputError
@@ -131,18 +150,80 @@ def segment_file(path: Path, model, args: argparse.Namespace) -> list[Path]:
     if args.format:
         ext = "." + args.format
     progress = None if args.quiet else ProgressBar(path.name)
-    result = segment_volume(
-        volume, model, probabilities=args.probabilities, uncertainty=args.uncertainty,
+    predict_kwargs = dict(
         tile_shape=tuple(args.tile) if args.tile else None, overlap=args.overlap,
         batch_size=args.batch, device=args.device, precision=args.precision, progress=progress,
     )
     outdir = Path(args.outdir)
+    if _streams(volume, ext):
+        return _segment_streaming(volume, model, outdir, stem, ext, args, predict_kwargs)
+    result = segment_volume(
+        volume, model, probabilities=args.probabilities, uncertainty=args.uncertainty, **predict_kwargs
+    )
     written = [write_volume(outdir / f"{stem}_labels{ext}", result.labels)]
     if result.probabilities is not None:
         written.append(write_volume(outdir / f"{stem}_probabilities{ext}", result.probabilities))
     if result.uncertainty is not None:
         written.append(write_volume(outdir / f"{stem}_uncertainty{ext}", result.uncertainty))
     return written
+
+
+def _segment_streaming(volume, model, outdir: Path, stem: str, ext: str, args: argparse.Namespace,
+                       predict_kwargs: dict) -> list[Path]:
+    """Larger than memory: probabilities go tile by tile into a Zarr store in ``outdir``.
+
+    The store is the user's ``<stem>_probabilities.zarr`` when asked for with a Zarr output
+    format, else a hidden scratch store removed afterwards. With a Zarr output format the
+    labels (+ uncertainty) are written slab by slab into Zarr stores too; other formats get
+    them from memory (1 byte per voxel for the labels). Every store is committed atomically
+    once complete and removed on any error.
+    """
+    from contextlib import ExitStack
+
+    import numpy as np
+
+    from ..core.inference import network_spec
+    from ..core.io import ZARR_SUFFIXES, ZarrVolumeWriter, write_volume
+    from ..core.pipeline import class_names_for, segment_volume
+
+    k = network_spec(model).num_classes
+    names = class_names_for(model, k)
+    grid = tuple(volume.spatial_shape)
+    zarr_out = ext.lower() in ZARR_SUFFIXES
+    with ExitStack() as stack:
+        def store(kind: str, shape: tuple[int, ...], dtype) -> ZarrVolumeWriter:
+            name = f"{stem}_{kind}{ext if zarr_out else '.zarr'}"
+            return stack.enter_context(ZarrVolumeWriter(outdir / name, like=volume, shape=shape,
+                                                        dtype=dtype, class_names=names))
+
+        probs = store("probabilities", (k, *grid), np.float32)
+        labels = store("labels", grid, np.uint8 if k <= 255 else np.uint16) if zarr_out else None
+        unc = store("uncertainty", grid, np.float32) if zarr_out and args.uncertainty else None
+        where = "Zarr outputs" if zarr_out else f"a scratch Zarr store in {outdir}"
+        log.info("%s: streaming tile by tile into %s", stem, where)
+        result = segment_volume(
+            volume, model, probabilities=args.probabilities, uncertainty=args.uncertainty,
+            probabilities_out=probs.array, labels_out=labels.array if labels else None,
+            uncertainty_out=unc.array if unc else None, **predict_kwargs,
+        )
+        if zarr_out:
+            written = [labels.commit()]
+            if args.probabilities:
+                written.append(probs.commit())
+            if unc is not None:
+                written.append(unc.commit())
+            return written
+        written = [write_volume(outdir / f"{stem}_labels{ext}", result.labels)]
+        if result.probabilities is not None:
+            size = k * 4 * float(np.prod(grid))
+            if size >= _WARN_IN_MEMORY_BYTES:
+                log.warning("writing %s probabilities as %s loads all %d channels into memory "
+                            "(%.1f GB); use --format zarr to stream them", stem, ext, k, size / 1e9)
+            written.append(write_volume(outdir / f"{stem}_probabilities{ext}",
+                                        result.probabilities.with_array(probs.array[...])))
+        if result.uncertainty is not None:
+            written.append(write_volume(outdir / f"{stem}_uncertainty{ext}", result.uncertainty))
+        return written
 
 
 def run(args: argparse.Namespace) -> int:
@@ -162,7 +243,13 @@ def run(args: argparse.Namespace) -> int:
     outdir = Path(args.outdir)
     if outdir.exists() and not outdir.is_dir():
         raise InputError(f"output folder {outdir} exists and is not a folder; choose another -o")
-    outdir.mkdir(parents=True, exist_ok=True)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create output folder {outdir} ({exc.strerror or exc}); "
+                         "choose a writable -o") from None
+    if not os.access(outdir, os.W_OK | os.X_OK):
+        raise InputError(f"output folder {outdir} is not writable; choose a writable -o")
     failed = 0
     for name in args.inputs:
         path = Path(name)
