@@ -32,13 +32,16 @@ def predict_spy(monkeypatch):
     import napari_cnnseg.core.pipeline as pipeline
 
     seen: list[type] = []
+    seen_images: list[type] = []
     real = pipeline.predict
 
     def spy(image, model, **kwargs):
         seen.append(type(kwargs.get("out")))
+        seen_images.append(type(image))
         return real(image, model, **kwargs)
 
     monkeypatch.setattr(pipeline, "predict", spy)
+    monkeypatch.setattr(pipeline, "seen_images", seen_images, raising=False)
     return seen
 
 
@@ -165,14 +168,21 @@ def test_zarr_in_zarr_out_streams_and_equals_the_in_memory_path(tmp_path, model_
 
 def test_zarr_in_nifti_out_streams_through_a_scratch_store(tmp_path, model_path, volume, predict_spy):
     zarr = pytest.importorskip("zarr")
-    src = write_volume(tmp_path / "head.zarr", volume)
+    import napari_cnnseg.core.pipeline as pipeline
+    from napari_cnnseg.core.io._arrays import LazyView
+
+    other = volume.array[::-1].copy()
+    src = write_volume(tmp_path / "head.zarr", volume.with_array(np.stack([other, volume.array])))
     out = tmp_path / "out"
     code = main(["segment", str(src), "-m", str(model_path), "-o", str(out), "--format", "nii.gz",
-                 "--device", "cpu", "--precision", "fp32", "--tile", "24", "24", "24", "-q"])
+                 "--channel", "1", "--device", "cpu", "--precision", "fp32", "--tile", "24", "24",
+                 "24", "-q"])
     assert code == 0 and predict_spy == [zarr.Array]
+    assert pipeline.seen_images == [LazyView]  # the channel is read tile by tile too
     assert sorted(p.name for p in out.iterdir()) == ["head_labels.nii.gz"]  # scratch store removed
     labels = read_volume(out / "head_labels.nii.gz")
-    np.testing.assert_array_equal(labels.array, _reference(src, model_path).labels.array)
+    ref = _reference(write_volume(tmp_path / "c1.nii.gz", volume), model_path)
+    np.testing.assert_array_equal(labels.array, ref.labels.array)
     np.testing.assert_allclose(labels.spacing, volume.spacing, rtol=1e-6)
 
 

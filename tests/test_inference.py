@@ -418,3 +418,27 @@ def test_sub_pixel_transposed_conv_is_exact(cout, rng):
     np.testing.assert_allclose(got_cl, ref, atol=1e-5)
     other = nn.Sequential(nn.ConvTranspose3d(6, 2, 2, stride=2), nn.ConvTranspose3d(2, 8, 3, 2, 1, 1))
     assert rewrite_transposed_convs(other) == 0  # other kernel / wide output: left alone
+
+
+def test_stats_of_a_lazy_multichannel_image_read_strided_samples_only(monkeypatch):
+    import napari_cnnseg.core.normalization as normalization
+
+    monkeypatch.setattr(normalization, "_MAX_SAMPLE", 500)  # force a stride on a small volume
+    data = np.random.default_rng(0).normal(size=(2, 16, 20, 24)).astype(np.float32)
+    data[1] = data[1] * 5 + 3
+
+    class Recording:  # a lazy array that logs what is read
+        shape, ndim, dtype = data.shape, data.ndim, data.dtype
+
+        def __init__(self) -> None:
+            self.keys: list = []
+
+        def __getitem__(self, key):
+            self.keys.append(key)
+            return data[key]
+
+    lazy = Recording()
+    for spec in (None, {"mode": "zscore"}):
+        assert normalization.compute_stats(lazy, spec) == normalization.compute_stats(data, spec)
+    assert len(lazy.keys) == 4
+    assert all(isinstance(k, tuple) and len(k) == 4 and k[1].step > 1 for k in lazy.keys)

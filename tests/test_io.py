@@ -483,3 +483,31 @@ def test_zarr_volume_writer_errors(tmp_path):
     with pytest.raises(CnnsegError, match="cannot create"):
         ZarrVolumeWriter(blocker / "x.zarr", like=like, shape=like.spatial_shape, dtype="f4")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not_a_folder"]
+
+
+def test_lazy_zarr_channels_and_singleton_axes_stay_on_disk(tmp_path):
+    from napari_cnnseg.core.io._arrays import LazyView
+
+    data = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(1, 2, 3, 4, 5)
+    root = zarr.open_group(str(tmp_path / "t.ome.zarr"), mode="w", zarr_format=2)
+    root.create_array("0", shape=data.shape, dtype=data.dtype, chunks=(1, 1, 3, 4, 5))[...] = data
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": [
+        {"name": "t", "type": "time"}, {"name": "c", "type": "channel"},
+        *({"name": n, "type": "space", "unit": "micrometer"} for n in "zyx")],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [1.0, 1.0, 2.0, 0.5, 0.5]}]}]}]
+    both = read_volume(tmp_path / "t.ome.zarr", lazy=True, all_channels=True)
+    assert isinstance(both.array, LazyView) and both.shape == (2, 3, 4, 5)
+    assert both.spacing == (2.0, 0.5, 0.5)
+    one = read_volume(tmp_path / "t.ome.zarr", lazy=True, channel=-1)
+    assert isinstance(one.array, LazyView) and one.shape == (3, 4, 5)
+    np.testing.assert_array_equal(np.asarray(one.array), data[0, 1])
+    np.testing.assert_array_equal(one.array[1, ::2], data[0, 1, 1, ::2])
+    np.testing.assert_array_equal(one.array[..., 2], data[0, 1, :, :, 2])
+    np.testing.assert_array_equal(both.array[1][0], data[0, 1, 0])
+    np.testing.assert_array_equal(read_volume(tmp_path / "t.ome.zarr", channel=1).array, data[0, 1])
+    # a (1, Z, Y, X) store squeezes to a lazy (Z, Y, X) view
+    vol = oblique_volume(np.float32, channels=1)
+    single = read_volume(write_volume(tmp_path / "c1.zarr", vol), lazy=True)
+    assert isinstance(single.array, LazyView) and single.shape == vol.shape[1:]
+    np.testing.assert_array_equal(np.asarray(single.array), vol.array[0])

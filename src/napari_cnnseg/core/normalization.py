@@ -27,11 +27,17 @@ _MODES = ("percentile", "zscore", "fixed", "none")
 _MAX_SAMPLE = 2_000_000
 
 
-def _subsample(channel: Any) -> np.ndarray:
-    """Strided subsample (Z, Y, X) of at most ~_MAX_SAMPLE voxels, as float64."""
-    size = int(np.prod(channel.shape))
+def _subsample(image: Any, channel: int | None = None) -> np.ndarray:
+    """Strided subsample (Z, Y, X) of at most ~_MAX_SAMPLE voxels, as float64.
+
+    ``channel`` picks one channel of a (C, Z, Y, X) image in the same read, so a lazy
+    (zarr) image never loads a whole channel.
+    """
+    size = int(np.prod(image.shape[-3:]))
     step = max(1, int(np.ceil((size / _MAX_SAMPLE) ** (1.0 / 3.0))))
-    return np.asarray(channel[::step, ::step, ::step], dtype=np.float64)
+    strided = (slice(None, None, step),) * 3
+    key = strided if channel is None else (channel, *strided)
+    return np.asarray(image[key], dtype=np.float64)
 
 
 def _check_spec(spec: dict[str, Any] | None) -> dict[str, Any]:
@@ -55,7 +61,7 @@ def compute_stats(image: Any, spec: dict[str, Any] | None = None) -> list[tuple[
         One ``(offset, scale)`` pair per channel; ``scale`` is never 0.
     """
     spec = _check_spec(spec)
-    channels = [image] if image.ndim == 3 else [image[c] for c in range(image.shape[0])]
+    channels = [None] if image.ndim == 3 else list(range(image.shape[0]))
     stats: list[tuple[float, float]] = []
     for ch in channels:
         mode = spec["mode"]
@@ -64,7 +70,7 @@ def compute_stats(image: Any, spec: dict[str, Any] | None = None) -> list[tuple[
         elif mode == "fixed":
             offset, scale = float(spec.get("offset", 0.0)), float(spec.get("scale", 1.0))
         else:
-            sample = _subsample(ch)
+            sample = _subsample(image, ch)
             sample = sample[np.isfinite(sample)]
             if sample.size == 0:
                 offset, scale = 0.0, 1.0

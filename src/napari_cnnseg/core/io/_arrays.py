@@ -10,8 +10,83 @@ import numpy as np
 from ..errors import InputError
 
 
+class LazyView:
+    """Read-on-slice view of a lazy array (zarr) with some axes fixed at one index.
+
+    Picking a channel or dropping a singleton time axis of a Zarr store this way reads no
+    voxels; slicing the view (basic indexing: ints, slices, Ellipsis) reads only that block
+    and returns numpy. Duck-types what the engine needs: ``shape``, ``ndim``, ``dtype``,
+    ``__getitem__``, ``__array__``.
+    """
+
+    def __init__(self, base: Any, fixed: dict[int, int]) -> None:
+        self.base = base
+        self.fixed = {int(a): int(i) for a, i in fixed.items()}
+        self._free = [a for a in range(base.ndim) if a not in self.fixed]
+        self.shape = tuple(int(base.shape[a]) for a in self._free)
+        self.ndim = len(self.shape)
+        self.dtype = base.dtype
+
+    def select(self, axis: int, index: int) -> LazyView:
+        """The view with its ``axis`` fixed at ``index`` (one dimension fewer)."""
+        return LazyView(self.base, {**self.fixed, self._free[axis]: index % self.shape[axis]})
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            i = next(j for j, k in enumerate(key) if k is Ellipsis)
+            key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1:]
+        if len(key) > self.ndim:
+            raise IndexError(f"too many indices ({len(key)}) for a view of shape {self.shape}")
+        key = key + (slice(None),) * (self.ndim - len(key))
+        full: list[Any] = [None] * self.base.ndim
+        for axis, index in self.fixed.items():
+            full[axis] = index
+        for axis, k in zip(self._free, key, strict=True):
+            full[axis] = k
+        return np.asarray(self.base[tuple(full)])
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"LazyView(shape={self.shape}, dtype={self.dtype}, fixed={self.fixed}, base={self.base!r})"
+
+
+def _lazy_czyx(array: Any, axes: str) -> Any | None:
+    """A read-on-slice (C, Z, Y, X) / (Z, Y, X) form of a lazy array with axis letters.
+
+    Returns the array itself for ``ZYX`` / ``CZYX``, a :class:`LazyView` when other leading
+    axes (``T``, ...) are singletons (e.g. OME-Zarr ``TCZYX`` with one time point), and None
+    when the axes need reordering or a non-singleton axis besides C (the caller then loads).
+    """
+    axes = axes.upper()
+    if len(axes) != array.ndim or not axes.endswith("ZYX") or axes[:-3].count("C") > 1:
+        return None
+    fixed = {}
+    for i, letter in enumerate(axes[:-3]):
+        if letter in "ZYX" or (letter != "C" and array.shape[i] != 1):
+            return None
+        if letter != "C":
+            fixed[i] = 0
+    return LazyView(array, fixed) if fixed else array
+
+
+def _take_channel(array: Any, index: int) -> Any:
+    """``array[index]`` along the first axis; lazily (no voxel read) for non-numpy arrays."""
+    if isinstance(array, np.ndarray):
+        return array[index]
+    if isinstance(array, LazyView):
+        return array.select(0, index)
+    return LazyView(array, {0: index % int(array.shape[0])})
+
+
 def _select_channel(array: Any, channel: int | None, all_channels: bool, path: Path) -> Any:
-    """(C, Z, Y, X) -> pick a channel, squeeze C == 1, or complain."""
+    """(C, Z, Y, X) -> pick a channel, squeeze C == 1, or complain (lazy arrays stay lazy)."""
     if array.ndim != 4:
         if channel not in (None, 0):
             raise InputError(f"{path.name} has a single channel; channel={channel} does not exist")
@@ -20,9 +95,9 @@ def _select_channel(array: Any, channel: int | None, all_channels: bool, path: P
     if channel is not None:
         if not -n <= channel < n:
             raise InputError(f"{path.name} has {n} channels; choose channel 0..{n - 1}")
-        return array[channel]
+        return _take_channel(array, channel)
     if n == 1:
-        return array[0]
+        return _take_channel(array, 0)
     if all_channels:
         return array
     raise InputError(

@@ -35,8 +35,10 @@ def read_volume(path: str | os.PathLike, *, channel: int | None = None,
             holding one DICOM series, or a single ``.dcm`` file (its whole series is read).
         channel: for multi-channel files, the channel to keep (result (Z, Y, X)).
         all_channels: keep every channel as (C, Z, Y, X) instead of asking for ``channel``.
-        lazy: for Zarr stores in (Z, Y, X) / (C, Z, Y, X) order, return the zarr array itself
-            (voxels load when sliced) instead of a numpy array; other formats always load.
+        lazy: for Zarr stores whose axes end in (Z, Y, X) (``ZYX``, ``CZYX``, OME ``TCZYX``
+            with one time point, ...), return the zarr array itself, or a read-on-slice view
+            of it where a channel or singleton axis is dropped, instead of a numpy array:
+            voxels load only when sliced. Other formats (and reordered axes) always load.
 
     Returns:
         :class:`Volume` with ``metadata["source"]`` (path) and ``metadata["format"]``.

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import VolumeReadError
-from ._arrays import _check_spatial, _select_channel, _storable, _to_czyx
+from ._arrays import _check_spatial, _lazy_czyx, _select_channel, _storable, _to_czyx
 from .volume import _NGFF_UNITS, Volume, _geometry_from_record, _portable_metadata_of, _unit
 
 #: group attribute holding our own geometry record
@@ -69,9 +69,10 @@ def _read_zarr(path: Path, channel: int | None, all_channels: bool, lazy: bool =
     if array.ndim < 3:
         _check_spatial(tuple(array.shape), path)
     axes = axes or ("CZYX" if array.ndim == 4 else "ZYX")
-    if lazy and axes in ("ZYX", "CZYX"):
-        # keep the zarr array: voxels load only when sliced (a channel loads on selection)
-        data = _select_channel(array, channel, all_channels, path)
+    view = _lazy_czyx(array, axes) if lazy else None
+    if view is not None:
+        # keep the zarr array (or a view of it): voxels load only when sliced
+        data = _select_channel(view, channel, all_channels, path)
     else:
         data = _select_channel(_to_czyx(np.asarray(array[...]), axes, path), channel, all_channels, path)
     record = attrs.get(GEOMETRY_KEY)
