@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -239,7 +238,7 @@ class SubPixelConvTranspose3d(nn.Module):
     Output voxel ``2j + a`` (per axis, phase ``a`` in {0, 1}) only sees input voxels ``j`` and
     ``j + 1``: phase 0 uses tap 1 of the kernel on ``x[j]``; phase 1 uses tap 2 on ``x[j]`` and
     tap 0 on ``x[j + 1]``. So the layer is a 2^3 convolution with ``8 * C_out`` outputs (one per
-    phase) on the input padded by one voxel at the far end, followed by a 3D pixel shuffle.
+    phase) on the input padded by one voxel at the far end (zeros), followed by a 3D pixel shuffle.
     Same result up to float rounding; oneDNN runs it much faster when ``C_out`` is small (e.g.
     the last upsampling of a U-Net straight to class logits).
     """
@@ -257,7 +256,9 @@ class SubPixelConvTranspose3d(nn.Module):
                 self._TAPS[pz].items(), self._TAPS[py].items(), self._TAPS[px].items()
             ):
                 w[pz, py, px, :, :, oz, oy, ox] = weight[:, :, kz, ky, kx].t()
-        self.conv = nn.Conv3d(cin, 8 * cout, 2, bias=ct.bias is not None)
+        # padding=1 pads both ends; output i then sees x[i - 1], x[i], so dropping output 0
+        # leaves exactly "x[j], x[j + 1] with zero past the end" without a padded input copy
+        self.conv = nn.Conv3d(cin, 8 * cout, 2, padding=1, bias=ct.bias is not None)
         self.conv.weight = nn.Parameter(w.reshape(8 * cout, cin, 2, 2, 2), requires_grad=False)
         if ct.bias is not None:
             self.conv.bias = nn.Parameter(ct.bias.detach().repeat(8), requires_grad=False)
@@ -272,7 +273,7 @@ class SubPixelConvTranspose3d(nn.Module):
                 and module.out_channels <= max_out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(F.pad(x, (0, 1, 0, 1, 0, 1)))
+        y = self.conv(x)[:, :, 1:, 1:, 1:]
         n, _, z, yy, xx = y.shape
         y = y.view(n, 2, 2, 2, self.out_channels, z, yy, xx).permute(0, 4, 5, 1, 6, 2, 7, 3)
         return y.reshape(n, self.out_channels, 2 * z, 2 * yy, 2 * xx)
