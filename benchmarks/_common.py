@@ -154,3 +154,21 @@ def describe_device(device: str = "cpu") -> str:
     except OSError:
         pass
     return f"{name}, {torch.get_num_threads()} threads"
+
+
+def conv_kernel_seconds(fn: Any) -> float:
+    """CPU seconds that ``fn()`` spends inside convolution kernels (forward and backward).
+
+    Runs ``fn`` once under ``torch.profiler`` and sums the *self* time of every aten op whose
+    name contains "conv" (``mkldnn_convolution``, ``convolution_backward``, the transposed
+    paths, ...). Weight casts, norms, activations, copies and Python are not included. A
+    method whose convolutions alone take ``t`` seconds can never beat a baseline taking ``T``
+    by more than ``T / t``: this is how the benchmarks report the bound on the speedup that
+    the machine allows (``speedup_bound_*`` keys).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    total_us = sum(e.self_cpu_time_total for e in prof.key_averages() if "conv" in e.key.lower())
+    return total_us / 1e6

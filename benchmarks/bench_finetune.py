@@ -16,6 +16,9 @@ our training step divided by time and by that peak. Training FLOPs per crop are 
 norms and the optimiser are not counted.
 ``plain_fraction_of_peak`` is the plain loop's conv FLOPs per second over the fp32 peak
 (``conv_peak_gflops_fp32``): the higher it is on a machine, the lower the reachable speedup.
+``speedup_bound`` divides the plain loop's seconds per crop by the seconds per crop that our
+step spends inside convolution kernels alone (``_common.conv_kernel_seconds``, 10 steps): no
+change outside the convolutions can take ``speedup`` past it.
 Keys: ``crops_per_s``, ``plain_crops_per_s``, ``speedup``, ``conv_peak_gflops``,
 ``fraction_of_peak``.
 """
@@ -34,7 +37,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import count_conv_flops, emit, measure_conv_peak_gflops  # noqa: E402
+from _common import (  # noqa: E402
+    conv_kernel_seconds,
+    count_conv_flops,
+    emit,
+    measure_conv_peak_gflops,
+)
 from _scribble_sim import initial_strokes  # noqa: E402
 from bench_scribbles import crop_for, make_net  # noqa: E402
 
@@ -88,6 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     t = hist.times
     ours = args.batch * (len(t) - warm) / (t[-1] - t[warm - 1])
 
+    # the bound the machine allows: plain seconds per crop over the seconds per crop that our
+    # step spends inside convolution kernels alone (forward + backward; all else counted free)
+    bound_steps = 10
+    conv_s = conv_kernel_seconds(lambda: finetune(
+        copy.deepcopy(plain_net), image.array, scribbles, steps=bound_steps,
+        batch_size=args.batch, crop_shape=crop, keep_best=False, device="cpu"))
+    conv_s_per_crop = conv_s / (bound_steps * args.batch)
+
     sampler = ScribbleSampler(normalize(image.array)[None], scribbles, geo, seed=0)
     plain = 1.0 / plain_loop(plain_net, sampler, args.plain_steps)
 
@@ -114,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         "achieved_gflops": ours * train_flops / 1e9,
         "conv_peak_gflops": peak,
         "fraction_of_peak": ours * train_flops / 1e9 / peak,
+        "speedup_bound": 1.0 / plain / conv_s_per_crop,
         "conv_peak_gflops_fp32": peak32,
         "plain_fraction_of_peak": plain * train_flops / 1e9 / peak32,
     })

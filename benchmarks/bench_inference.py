@@ -16,7 +16,10 @@ turns for ``--repeats`` rounds (default 3) and each one's best time counts. Prin
 ``fraction_of_peak_fp32`` = conv FLOPs of the network per tile x tiles / fp32 time, divided by
 ``conv_peak_gflops`` (Conv3d 64->64, 3^3, 48^3, channels_last_3d, measured in the same run);
 ``monai_fraction_of_peak`` is the same for MONAI's run, so ``speedup_fp32`` can never exceed
-``1 / monai_fraction_of_peak`` on the machine at hand.
+``1 / monai_fraction_of_peak`` on the machine at hand. ``speedup_bound_fp32`` /
+``speedup_bound_bf16`` (CPU) divide MONAI's time by the seconds our run spends inside
+convolution kernels alone (``_common.conv_kernel_seconds``): no change outside the
+convolutions can take the speedup past them.
 ``--quick`` runs small sizes for a smoke test only (numbers meaningless).
 """
 
@@ -28,7 +31,14 @@ import time
 
 import numpy as np
 import torch
-from _common import count_conv_flops, describe_device, emit, measure_conv_peak_gflops, peak_rss_mb
+from _common import (
+    conv_kernel_seconds,
+    count_conv_flops,
+    describe_device,
+    emit,
+    measure_conv_peak_gflops,
+    peak_rss_mb,
+)
 
 from napari_cnnseg.core.inference import predict, wrap_module
 from napari_cnnseg.core.tiling import same_layout
@@ -92,6 +102,12 @@ def main() -> None:
     t_monai, t_fp32, t_low = best["monai"], best["fp32"], best["low"]
     p_monai, p_fp32, p_low = res["monai"], res["fp32"], res["low"]
 
+    # the bound the machine allows: MONAI's time over the time our own run spends inside
+    # convolution kernels alone (every other op counted as free); CPU only (CPU profiler)
+    bound = {}
+    if dev.type == "cpu":
+        bound = {f"speedup_bound_{name}": t_monai / conv_kernel_seconds(run_ours(prec))
+                 for name, prec in (("fp32", "fp32"), ("bf16", low))}
     n_tiles = len(same_layout([(0, size)] * 3, (tile,) * 3, (0.25,) * 3, (size,) * 3).tiles)
     flops = count_conv_flops(net, (1, 1, tile, tile, tile), device=str(dev)) * n_tiles
     peak = measure_conv_peak_gflops(torch.float32, seconds=0.5 if args.quick else 3.0,
@@ -115,6 +131,7 @@ def main() -> None:
         # the baseline's own efficiency: the speedup targets assume ~0.13 (issue 5); a higher
         # value here caps what any speedup can reach (speedup <= 1 / this at 100% of peak)
         "monai_fraction_of_peak": flops / t_monai / 1e9 / peak,
+        **bound,
         "seconds": {"monai": t_monai, "fp32": t_fp32, "bf16": t_low},
         "peak_rss_mb": peak_rss_mb(),
         "device": describe_device(str(dev)),
