@@ -511,3 +511,12 @@ def test_lazy_zarr_channels_and_singleton_axes_stay_on_disk(tmp_path):
     single = read_volume(write_volume(tmp_path / "c1.zarr", vol), lazy=True)
     assert isinstance(single.array, LazyView) and single.shape == vol.shape[1:]
     np.testing.assert_array_equal(np.asarray(single.array), vol.array[0])
+
+
+def test_write_volume_with_swapped_or_bad_arguments_says_so(tmp_path):
+    vol = Volume(np.zeros((2, 3, 4), np.uint8))
+    with pytest.raises(InputError, match="swapped"):
+        write_volume(vol, tmp_path / "a.nii.gz")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="file path"):
+        write_volume(3, vol)  # type: ignore[arg-type]
+    assert not list(tmp_path.iterdir())

@@ -99,6 +99,10 @@ def write_volume(path: str | os.PathLike, volume: Volume) -> Path:
         CnnsegError: the file cannot be written (folder not writable, disk full); any
             existing file at ``path`` is left untouched.
     """
+    if isinstance(path, Volume) and isinstance(volume, (str, os.PathLike)):
+        raise InputError("write_volume takes (path, volume): the arguments are swapped")
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"write_volume needs a file path first, got {type(path).__name__}")
     p = Path(path).expanduser()
     if not isinstance(volume, Volume):
         raise InputError(f"write_volume needs a Volume, got {type(volume).__name__}; wrap arrays with Volume(array, spacing, ...)")
