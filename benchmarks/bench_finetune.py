@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_finetune.py [--steps 30] [--plain-steps 12] [--batch 4]
+    python benchmarks/bench_finetune.py [--steps 30] [--plain-steps 12] [--batch 4] [--quick]
 
 Our step is :func:`napari_cnnseg.core.training.finetune` itself (batch 4, ``channels_last_3d``,
 bf16 autocast where the CPU has it, crops sampled around scribbles with augmentation, masked
@@ -21,6 +21,10 @@ step spends inside convolution kernels alone (``_common.conv_kernel_seconds``, 1
 change outside the convolutions can take ``speedup`` past it.
 Keys: ``crops_per_s``, ``plain_crops_per_s``, ``speedup``, ``conv_peak_gflops``,
 ``fraction_of_peak``.
+``--quick`` is a smoke test only (numbers meaningless): a 24x48x48 phantom, a half-width net
+(base width 8), 4x16x16 output crops, batch 2, 5 of our steps, 2 plain-loop crops, 2 profiled
+steps for ``speedup_bound`` and a tiny (batch-1) peak measurement; explicit ``--steps`` /
+``--plain-steps`` / ``--batch`` / ``--peak-seconds`` still apply.
 """
 
 from __future__ import annotations
@@ -74,19 +78,31 @@ def plain_loop(net: torch.nn.Module, sampler: ScribbleSampler, steps: int) -> fl
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=30, help="our steps (first 3 are warm-up)")
-    p.add_argument("--plain-steps", type=int, default=12, help="plain-loop crops")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--peak-seconds", type=float, default=3.0)
+    p.add_argument("--steps", type=int, default=None,
+                   help="our steps, the first 3 are warm-up (default 30; 5 with --quick)")
+    p.add_argument("--plain-steps", type=int, default=None,
+                   help="plain-loop crops (default 12; 2 with --quick)")
+    p.add_argument("--batch", type=int, default=None, help="our batch size (default 4; 2 with --quick)")
+    p.add_argument("--peak-seconds", type=float, default=None,
+                   help="conv peak time budget (default 3; 0.1 with --quick)")
+    p.add_argument("--quick", action="store_true", help="small and short (smoke test only)")
     args = p.parse_args(argv)
+    if args.steps is None:
+        args.steps = 5 if args.quick else 30
+    if args.plain_steps is None:
+        args.plain_steps = 2 if args.quick else 12
+    if args.batch is None:
+        args.batch = 2 if args.quick else 4
+    if args.peak_seconds is None:
+        args.peak_seconds = 0.1 if args.quick else 3.0
     torch.manual_seed(0)
 
-    image, labels = make_phantom()
+    image, labels = make_phantom(shape=(24, 48, 48)) if args.quick else make_phantom()
     spacing = image.spacing
     scribbles = initial_strokes(labels.array, spacing, seed=0)
-    net = make_net(4, spacing)
+    net = make_net(4, spacing, width=8) if args.quick else make_net(4, spacing)
     plain_net = copy.deepcopy(net)
-    crop = crop_for(labels.array.shape, spacing)
+    crop = (4, 16, 16) if args.quick else crop_for(labels.array.shape, spacing)
     geo = crop_geometry(net, crop, labels.array.shape)
     bf16 = _use_bf16(torch.device("cpu"), "auto")
 
@@ -98,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # the bound the machine allows: plain seconds per crop over the seconds per crop that our
     # step spends inside convolution kernels alone (forward + backward; all else counted free)
-    bound_steps = 10
+    bound_steps = 2 if args.quick else 10
     conv_s = conv_kernel_seconds(lambda: finetune(
         copy.deepcopy(plain_net), image.array, scribbles, steps=bound_steps,
         batch_size=args.batch, crop_shape=crop, keep_best=False, device="cpu"))
@@ -109,12 +125,14 @@ def main(argv: list[str] | None = None) -> int:
 
     fwd = count_conv_flops(net, (1, 1, *geo.in_shape))
     train_flops = 3.0 * fwd
+    peak_batch = 1 if args.quick else 2
     peak = measure_conv_peak_gflops(torch.bfloat16 if bf16 else torch.float32,
-                                    seconds=args.peak_seconds)
+                                    seconds=args.peak_seconds, batch=peak_batch)
     # the plain loop runs fp32: its efficiency is measured against the fp32 peak; the speedup
     # target assumes it sits near 0.13 (issue 5/7); speedup <= peak / (plain_fraction * fp32 peak)
     peak32 = peak if not bf16 else measure_conv_peak_gflops(torch.float32,
-                                                             seconds=args.peak_seconds)
+                                                             seconds=args.peak_seconds,
+                                                             batch=peak_batch)
     emit({
         "bench": "finetune",
         "net": net.get_config(),
@@ -133,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "speedup_bound": 1.0 / plain / conv_s_per_crop,
         "conv_peak_gflops_fp32": peak32,
         "plain_fraction_of_peak": plain * train_flops / 1e9 / peak32,
+        "quick": bool(args.quick),
     })
     return 0
 

@@ -5,6 +5,7 @@ measures the time to the first refreshed visible slice (the dock repaints it whe
 ``on_region`` fires) and the time of the whole-volume refresh when training ends.
 
     python benchmarks/bench_refresh.py [--size 128] [--seconds 5] [--refresh-every 5] [--model NAME]
+                                       [--device cpu] [--quick]
 
 One JSON line. Keys: ``first_slice_s`` (click -> first refreshed slice; target <= 2),
 ``whole_volume_s`` (whole-volume refresh after training; target <= 10), ``click_to_whole_s``
@@ -14,6 +15,9 @@ One JSON line. Keys: ``first_slice_s`` (click -> first refreshed slice; target <
 ``whole_volume_cpu_s`` are the process CPU seconds (all threads) of the same spans: on a busy
 machine they show what the wall times would be on a quiet one (between cpu_s / threads and
 cpu_s).
+``--quick`` is a smoke test only (numbers meaningless): a 32^3 volume (unless ``--size``) and a
+budget of 2 training steps instead of seconds (unless ``--seconds``), so that at least one
+slice refresh happens however slow the machine is.
 """
 
 from __future__ import annotations
@@ -38,15 +42,22 @@ from napari_cnnseg.demo import FALLBACK_CONFIG, demo_strokes  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", type=int, default=128, help="volume edge in voxels (default 128)")
-    parser.add_argument("--seconds", type=float, default=5.0, help="training budget (default 5)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="volume edge in voxels (default 128; 32 with --quick)")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="training budget in seconds (default 5; --quick: 2 steps instead)")
     parser.add_argument("--refresh-every", type=int, default=5,
                         help="steps between live slice refreshes after the first step "
                              "(the dock's default: 5)")
     parser.add_argument("--model", default=None,
                         help="shipped model name or checkpoint; default a new small U-Net")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quick", action="store_true", help="small and short (smoke test only)")
     args = parser.parse_args(argv)
+    if args.size is None:
+        args.size = 32 if args.quick else 128
+    budget = ({"steps": 2} if args.quick and args.seconds is None
+              else {"seconds": 5.0 if args.seconds is None else args.seconds})
 
     n = int(args.size)
     image, truth = make_phantom(shape=(n, n, n), spacing=(1.0, 1.0, 1.0), seed=0)
@@ -84,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         scribbles = np.array(strokes, copy=True)
         outcome = session.finetune(
             scribbles,
-            seconds=args.seconds,
+            **budget,
             refresh_every=args.refresh_every,
             region=timed_region,
             on_region=on_region,
@@ -110,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model or "unet " + ",".join(f"{k}={v}" for k, v in FALLBACK_CONFIG.items()),
         "device": args.device,
         "threads": torch.get_num_threads(),
+        "quick": bool(args.quick),
     })
     return 0
 

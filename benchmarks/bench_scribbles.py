@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_scribbles.py --image IMG --labels GT [--rounds 3] [--seed 0]
+    python benchmarks/bench_scribbles.py --image IMG --labels GT [--rounds 3] [--seed 0] [--quick]
 
 Round 1 paints thin strokes inside each class on a few slices; each later round adds strokes
 inside the largest errors of the CNN's current prediction (see ``_scribble_sim``). After each
@@ -16,6 +16,9 @@ model), ``seconds_cnn`` (total fine-tuning time), ``seconds_rf``, ``rounds``,
 
 No setting depends on the dataset: the network (anisotropic first level when the slices are
 in-plane first level), crop shape, stroke lengths and training budget are derived from the volume itself.
+
+``--quick`` is a smoke test only (numbers meaningless): 2 rounds of 2 fine-tuning steps at
+batch 2 (unless ``--rounds`` / ``--steps-per-round`` are given), and a fresh net of base width 8.
 """
 
 from __future__ import annotations
@@ -107,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--image", required=True, help="image volume (any core.io format)")
     p.add_argument("--labels", required=True, help="ground-truth label map on the same grid")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=None, help="default 3; 2 with --quick")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default=None,
                    help="start from this shipped model name or checkpoint (default: a fresh U-Net)")
@@ -126,7 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-rf", action="store_true", help="skip the random forest")
     p.add_argument("--no-scratch", action="store_true",
                    help="with --model: skip the from-scratch loop (no dice_cnn_scratch)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test only: 2 rounds x 2 steps, batch 2, fresh net of width 8")
     args = p.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 2 if args.quick else 3
+    if args.quick and args.steps_per_round is None:
+        args.steps_per_round = 2
+    width = 8 if args.quick else 16
     if args.model and args.init_from:
         raise SystemExit("--model and --init-from are exclusive")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
@@ -147,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     ft["prior"] = args.prior or ("self" if args.model else "background")
     if args.steps_per_round is not None:
         ft["steps"] = args.steps_per_round
+    if args.quick:
+        ft["batch_size"] = 2
 
     rf = None
     t_feat = 0.0
@@ -166,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 
         model = adapt_head(resolve_model(args.init_from), k)
     else:
-        model = make_net(k, spacing)  # type: ignore[arg-type]
+        model = make_net(k, spacing, width)  # type: ignore[arg-type]
     res = run_loop(model, image, labels, spacing, args.rounds, args.seed,
                    args.seconds_per_round, rf, **ft)
     out: dict[str, Any] = {
@@ -185,11 +197,12 @@ def main(argv: list[str] | None = None) -> int:
         "seconds_cnn": round(res["seconds_cnn"], 2),
         "seconds_rf": round(rf.seconds + t_feat, 2) if rf else None,
         "labelled_voxels": res["labelled_voxels"],
+        "quick": bool(args.quick),
     }
     if args.model and not args.no_scratch:
         ft["lr"] = args.lr if args.lr is not None else LR_SCRATCH
         ft["prior"] = args.prior or "background"
-        scratch = run_loop(make_net(k, spacing), image, labels, spacing, args.rounds,  # type: ignore[arg-type]
+        scratch = run_loop(make_net(k, spacing, width), image, labels, spacing, args.rounds,  # type: ignore[arg-type]
                            args.seed, args.seconds_per_round, None, **ft)
         out["dice_cnn_scratch"] = round(scratch["dice_cnn_rounds"][-1], 4)
     emit(out)
