@@ -271,6 +271,13 @@ def test_seconds_budget_and_live_updates():
     assert len(updates) == h.steps // 2 and not any(updates)
 
 
+def test_a_budget_spent_on_set_up_still_trains_one_step():
+    image, _, scr = _toy()
+    net = _net("unet")
+    h = finetune(net, image, scr, seconds=1e-9, batch_size=2, crop_shape=(4, 8, 8))
+    assert h.steps == 1 and len(h.losses) == 1
+
+
 def test_keep_best_never_ends_worse_than_the_start_on_its_eval_crops():
     image, _, scr = _toy()
     net = _net("unet")

@@ -293,7 +293,7 @@ def finetune(
         scribbles: int array (Z, Y, X) on the image grid; 0 = unlabelled, k = class k-1.
         steps: number of optimisation steps (default 100 when ``seconds`` is not given).
         seconds: wall-clock budget of the whole call (set-up included); training stops
-            after the step that crosses it.
+            after the step that crosses it, and always makes at least one step.
             With both given, whichever comes first.
         lr: AdamW learning rate.
         batch_size: crops per step (>= 1; 2 or more keeps the CPU on its fast path). A patch
@@ -419,8 +419,9 @@ def finetune(
             while True:
                 if steps is not None and step >= int(steps):
                     break
-                if seconds is not None and time.perf_counter() - start >= float(seconds):
-                    break
+                if (seconds is not None and step > 0
+                        and time.perf_counter() - start >= float(seconds)):
+                    break  # (at least one step: a budget spent on set-up still trains)
                 check_cancel(cancel, "fine-tuning")
                 model.train()
                 batch = sampler.sample(int(batch_size))
