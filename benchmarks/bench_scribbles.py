@@ -51,7 +51,8 @@ SECONDS_PER_ROUND = 18.0
 LR_SCRATCH, LR_PRETRAINED = 2e-3, 5e-4
 
 
-def make_net(num_classes: int, spacing: tuple[float, float, float], width: int = 16) -> torch.nn.Module:
+def make_net(num_classes: int, spacing: tuple[float, float, float], width: int = 16,
+             norm: str = "batch") -> torch.nn.Module:
     """Small valid U-Net (depth 2); 1x3x3 convolutions and 1x2x2 pooling at the top level.
 
     The in-plane top level is what makes training fast on a CPU (about 5x faster than 3x3x3
@@ -60,7 +61,7 @@ def make_net(num_classes: int, spacing: tuple[float, float, float], width: int =
     from napari_cnnseg.core.models import build_model
 
     return build_model("unet", in_channels=1, num_classes=num_classes, depth=2,
-                       base_width=width, padding="valid", norm="batch",
+                       base_width=width, padding="valid", norm=norm,
                        anisotropic_levels=1)
 
 
@@ -126,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prior", choices=("background", "self"), default=None,
                    help="prior on unpainted voxels (default: background for a fresh net, self "
                         "when starting from a shipped model)")
+    p.add_argument("--norm", default="batch", choices=("batch", "instance", "group", "none"),
+                   help="normalisation layers of the fresh U-Net (recipe studies)")
     p.add_argument("--no-rf", action="store_true", help="skip the random forest")
     p.add_argument("--no-scratch", action="store_true",
                    help="with --model: skip the from-scratch loop (no dice_cnn_scratch)")
@@ -178,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
         model = adapt_head(resolve_model(args.init_from), k)
     else:
-        model = make_net(k, spacing, width)  # type: ignore[arg-type]
+        model = make_net(k, spacing, width, norm=args.norm)  # type: ignore[arg-type]
     res = run_loop(model, image, labels, spacing, args.rounds, args.seed,
                    args.seconds_per_round, rf, **ft)
     out: dict[str, Any] = {
@@ -202,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model and not args.no_scratch:
         ft["lr"] = args.lr if args.lr is not None else LR_SCRATCH
         ft["prior"] = args.prior or "background"
-        scratch = run_loop(make_net(k, spacing, width), image, labels, spacing, args.rounds,  # type: ignore[arg-type]
+        scratch = run_loop(make_net(k, spacing, width, norm=args.norm), image, labels, spacing, args.rounds,  # type: ignore[arg-type]
                            args.seed, args.seconds_per_round, None, **ft)
         out["dice_cnn_scratch"] = round(scratch["dice_cnn_rounds"][-1], 4)
     emit(out)
