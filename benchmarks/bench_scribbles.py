@@ -36,7 +36,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import emit  # noqa: E402
-from _rf_baseline import RandomForestBaseline, rf_features  # noqa: E402
 from _scribble_sim import correction_strokes, initial_strokes  # noqa: E402
 
 from napari_cnnseg.core.io import read_volume  # noqa: E402
@@ -82,7 +81,7 @@ def predict_labels(model: torch.nn.Module, image: np.ndarray) -> np.ndarray:
 
 def run_loop(model: torch.nn.Module, image: np.ndarray, labels: np.ndarray,
              spacing: tuple[float, float, float], rounds: int, seed: int,
-             seconds: float, rf: RandomForestBaseline | None,
+             seconds: float, rf: Any,
              **ft: Any) -> dict[str, Any]:
     """The simulated annotate / fine-tune loop; returns per-round Dice and timings."""
     k = int(labels.max()) + 1
@@ -167,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     t_feat = 0.0
     if not args.no_rf:
         t0 = time.perf_counter()
+        from _rf_baseline import RandomForestBaseline, rf_features  # scikit-learn: only here
+
         rf = RandomForestBaseline(rf_features(image), seed=args.seed)
         t_feat = time.perf_counter() - t0
 

@@ -93,7 +93,6 @@ def test_bench_dense_quick():
 
 
 def test_bench_finetune_quick():
-    pytest.importorskip("sklearn")  # bench_finetune imports bench_scribbles (random forest)
     r = run_bench("bench_finetune.py", "--quick")
     check_numbers(r, ["crops_per_s", "plain_crops_per_s", "speedup", "conv_peak_gflops",
                       "fraction_of_peak"])
