@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                         "when starting from a shipped model)")
     p.add_argument("--norm", default="batch", choices=("batch", "instance", "group", "none"),
                    help="normalisation layers of the fresh U-Net (recipe studies)")
+    p.add_argument("--width", type=int, default=None,
+                   help="base width of the fresh U-Net (default 16; recipe studies)")
     p.add_argument("--no-rf", action="store_true", help="skip the random forest")
     p.add_argument("--no-scratch", action="store_true",
                    help="with --model: skip the from-scratch loop (no dice_cnn_scratch)")
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds = 2 if args.quick else 3
     if args.quick and args.steps_per_round is None:
         args.steps_per_round = 2
-    width = 8 if args.quick else 16
+    width = args.width or (8 if args.quick else 16)
     if args.model and args.init_from:
         raise SystemExit("--model and --init-from are exclusive")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
