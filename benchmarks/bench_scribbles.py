@@ -79,6 +79,21 @@ def predict_labels(model: torch.nn.Module, image: np.ndarray) -> np.ndarray:
     return probs.argmax(0).astype(np.uint8)
 
 
+def compact_labels(labels: np.ndarray) -> np.ndarray:
+    """Renumber label values to 0..K-1 in order (0 stays 0), e.g. {0, 3, 7} -> {0, 1, 2}.
+
+    Ground truths often use sparse values (atlas codes); the net then needs K outputs, not
+    ``max + 1``. Without a 0 in the map every class stays foreground: values map to 1..K.
+    """
+    values = np.unique(labels)
+    start = 0 if values[0] == 0 else 1
+    if np.array_equal(values, np.arange(start, start + len(values))):
+        return labels
+    log.info("label values %s renumbered to %d..%d", values.tolist(), start,
+             start + len(values) - 1)
+    return (np.searchsorted(values, labels) + start).astype(np.int64)
+
+
 def run_loop(model: torch.nn.Module, image: np.ndarray, labels: np.ndarray,
              spacing: tuple[float, float, float], rounds: int, seed: int,
              seconds: float, rf: Any,
@@ -152,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     labels = np.asarray(lab_vol.array).astype(np.int64)
     if image.shape != labels.shape:
         raise SystemExit(f"image {image.shape} and labels {labels.shape} differ in shape")
+    if labels.min() < 0:
+        raise SystemExit("the label map has negative values; class labels must be 0, 1, 2, ...")
+    labels = compact_labels(labels)
     spacing = tuple(float(s) for s in img_vol.spacing)
     k = int(labels.max()) + 1
     ft: dict[str, Any] = {}
@@ -216,4 +234,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from napari_cnnseg.core.errors import CnnsegError
+
+    try:
+        sys.exit(main())
+    except CnnsegError as exc:  # bad input files: one clear line, no traceback
+        sys.exit(f"bench_scribbles: error: {exc}")

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,3 +128,15 @@ def test_bench_scribbles_quick(tmp_path):
     assert r["dice_cnn"] == r["dice_cnn_rounds"][-1]
     assert r["dice_rf"] == r["dice_rf_rounds"][-1]
     assert r["labelled_voxels"] > 0
+
+
+def test_bench_scribbles_compacts_sparse_label_values():
+    sys.path.insert(0, str(BENCH))
+    from bench_scribbles import compact_labels
+
+    sparse = np.array([[[0, 3], [7, 3]]])
+    np.testing.assert_array_equal(compact_labels(sparse), [[[0, 1], [2, 1]]])
+    no_background = np.array([[[2, 5], [5, 9]]])
+    np.testing.assert_array_equal(compact_labels(no_background), [[[1, 2], [2, 3]]])
+    dense = np.array([[[0, 1], [2, 1]]])
+    assert compact_labels(dense) is dense
