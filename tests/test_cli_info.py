@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from napari_cnnseg.cli import main
+from napari_cnnseg.cli import EXIT_BROKEN_PIPE, main
 from napari_cnnseg.cli.info import KEYS
 from napari_cnnseg.core.io import read_volume, write_volume
 
@@ -99,3 +100,35 @@ def test_info_console_script_subprocess(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "napari_cnnseg.cli", "info", str(tmp_path / "nope.nrrd")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_info_json_has_no_negative_zero(tmp_path, capsys):
+    # the bundled T1's direction holds a -0.0 after SimpleITK's LPS conversion
+    sample = Path(__file__).parents[1] / "src/napari_cnnseg/sample_data/KmeansTest_T1UCharRaw.nii.gz"
+    assert main(["info", str(sample), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "-0.0" not in out
+    assert json.loads(out)["direction"][1] == [-1.0, 0.0, 0.0]
+
+
+def test_closed_stdout_pipe_exits_quietly(monkeypatch, capsys):
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["models"]) == EXIT_BROKEN_PIPE
+    assert capsys.readouterr().err == ""
+
+
+def test_closed_stdout_pipe_subprocess_has_no_traceback():
+    # `cnnseg models | head -1`: the reader goes away before the output is written
+    proc = subprocess.Popen([sys.executable, "-m", "napari_cnnseg.cli", "models"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == EXIT_BROKEN_PIPE
+    assert "Traceback" not in err and "Exception ignored" not in err, err

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -20,6 +21,8 @@ SUBCOMMANDS = ("info", "segment", "finetune", "evaluate", "models", "slicer")
 
 EXIT_USER_ERROR = 2
 EXIT_CANCELLED = 130
+#: stdout closed early by the reader (``cnnseg models | head``): the shell's SIGPIPE code
+EXIT_BROKEN_PIPE = 141
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,12 +55,18 @@ def run_reporting_errors(call: Callable[[], int | None], prog: str, command: str
     Returns:
         The exit code: ``call()``'s, :data:`EXIT_USER_ERROR` for a
         :class:`~napari_cnnseg.core.errors.CnnsegError`, :data:`EXIT_CANCELLED` when cancelled
-        or interrupted. Other exceptions propagate (with their traceback).
+        or interrupted, :data:`EXIT_BROKEN_PIPE` (quietly) when the reader of stdout went away.
+        Other exceptions propagate (with their traceback).
     """
     from ..core.errors import Cancelled, CnnsegError
 
     try:
-        return int(call() or 0)
+        code = int(call() or 0)
+        sys.stdout.flush()  # a closed pipe shows up here at the latest, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except Cancelled as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return EXIT_CANCELLED
@@ -68,6 +77,16 @@ def run_reporting_errors(call: Callable[[], int | None], prog: str, command: str
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_CANCELLED
+
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device so that the final flush at exit cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (e.g. under pytest)
+        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,9 +44,9 @@ def describe(path: str) -> dict[str, Any]:
     return {
         "shape": list(vol.shape),
         "dtype": str(vol.array.dtype),
-        "spacing": [float(v) for v in vol.spacing],
-        "origin": [float(v) for v in vol.origin],
-        "direction": [[float(v) for v in row] for row in vol.direction],
+        "spacing": [float(v) + 0.0 for v in vol.spacing],  # + 0.0: no "-0.0" in the JSON
+        "origin": [float(v) + 0.0 for v in vol.origin],
+        "direction": [[float(v) + 0.0 for v in row] for row in vol.direction],
         "_format": vol.metadata.get("format"),
         "_unit": vol.metadata.get("unit"),
     }
