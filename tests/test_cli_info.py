@@ -132,3 +132,13 @@ def test_closed_stdout_pipe_subprocess_has_no_traceback():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == EXIT_BROKEN_PIPE
     assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
+def test_info_on_a_folder_without_dicom_is_one_line(tmp_path, capfd):
+    (tmp_path / "study" / "sub1").mkdir(parents=True)
+    (tmp_path / "study" / "sub2").mkdir()
+    (tmp_path / "study" / "notes.txt").write_text("no DICOM here")
+    assert main(["info", str(tmp_path / "study")]) == 2
+    err = capfd.readouterr().err  # fd level: ITK writes its warnings there, not to sys.stderr
+    assert "no DICOM series found" in err
+    assert "GDCMSeriesFileNames" not in err and "WARNING" not in err, err

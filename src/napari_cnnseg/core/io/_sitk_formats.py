@@ -115,10 +115,10 @@ def _read_dicom(folder: Path, channel: int | None, all_channels: bool,
                 prefer: Path | None = None) -> Volume:
     import SimpleITK as sitk
 
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    series = _series_ids(folder)
     if not series and prefer is None:
         # a study folder (e.g. PATIENT/STUDY/SERIES/...): one series below is unambiguous
-        found = [d for d in _subfolders(folder) if sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(d))]
+        found = [d for d in _subfolders(folder) if _series_ids(d)]
         if len(found) == 1:
             logger.info("reading the DICOM series in %s", found[0])
             return _read_dicom(found[0], channel, all_channels)
@@ -155,6 +155,19 @@ def _read_dicom(folder: Path, channel: int | None, all_channels: bool,
     vol.metadata["dicom_series"] = {"series_uid": sid, "all_series": list(series),
                                     "num_files": len(files[sid])}
     return vol
+
+
+def _series_ids(folder: Path) -> tuple[str, ...]:
+    """GDCM series IDs in ``folder``, without ITK's multi-line "No Series were found" warning
+    on stderr for every folder that holds none (our own error says it in one line)."""
+    import SimpleITK as sitk
+
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def _subfolders(folder: Path, limit: int = 200) -> list[Path]:
