@@ -232,7 +232,7 @@ def test_streaming_failures_leave_no_stores_behind(tmp_path, model_path, volume,
             "--probabilities", "-q", "--device", "cpu"]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "v_uncertainty.zarr: Permission denied" in err and "1 of 1 input(s) failed" in err
+    assert "v_uncertainty.zarr: Permission denied" in err and "input(s) failed" not in err
     assert list(out.iterdir()) == []
     monkeypatch.setattr(stream, "_create_zarr", real_create)
 
@@ -244,3 +244,50 @@ def test_streaming_failures_leave_no_stores_behind(tmp_path, model_path, volume,
     assert main(args) == 2
     assert "out of memory" in capsys.readouterr().err
     assert list(out.iterdir()) == []
+
+
+def test_one_bad_input_is_one_line_naming_it_once(tmp_path, model_path, capsys):
+    import tifffile
+
+    flat = tmp_path / "slice.tif"
+    tifffile.imwrite(flat, np.zeros((16, 16), np.float32))
+    for name in ("slice.tif", "nope.nii.gz"):
+        assert main(["segment", str(tmp_path / name), "-m", str(model_path), "-o",
+                     str(tmp_path / "o"), "-q"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err  # no "1 of 1 input(s) failed" after it
+        assert err[0].count(name) == 1 and err[0].startswith("cnnseg segment: error: ")
+        assert "--channel" not in err[0]  # a 2D image is not a channel problem
+
+
+def test_same_named_inputs_are_refused_before_any_work(tmp_path, model_path, volume, capsys):
+    a = write_volume(tmp_path / "d1" / "a.nii.gz", volume)
+    b = write_volume(tmp_path / "d2" / "a.nii.gz", volume)
+    c = write_volume(tmp_path / "d2" / "a.nrrd", volume)
+    out = tmp_path / "out"
+    for inputs in ([a, b], [a, a], [a, c, "--format", "nii.gz"]):
+        assert main(["segment", *map(str, inputs), "-m", str(model_path), "-o", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "would both write" in err[0] and "a_labels.nii.gz" in err[0]
+        assert not out.exists()
+    assert main(["segment", str(a), str(c), "-m", str(model_path), "-o", str(out), "-q"]) == 0
+
+
+def test_label_map_and_nan_images_are_flagged(tmp_path, model_path, volume, capsys, caplog):
+    labels = write_volume(tmp_path / "mask.nii.gz",
+                          volume.with_array((volume.array > 0).astype(np.uint8)))
+    out = tmp_path / "o"
+    assert main(["segment", str(labels), "-m", str(model_path), "-o", str(out), "-q"]) == 0
+    assert "looks like a label map" in caplog.text
+    caplog.clear()
+    holes = volume.array.copy()
+    holes[0, :2] = np.nan
+    src = write_volume(tmp_path / "holes.nrrd", volume.with_array(holes))
+    assert main(["segment", str(src), "-m", str(model_path), "-o", str(out), "-q"]) == 0
+    assert "36 NaN/inf voxel(s)" in caplog.text and "label map" not in caplog.text
+    empty = write_volume(tmp_path / "empty.nrrd", volume.with_array(np.full_like(holes, np.nan)))
+    capsys.readouterr()
+    assert main(["segment", str(empty), "-m", str(model_path), "-o", str(out), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no finite value" in err[0]
+    assert not (out / "empty_labels.nrrd").exists()

@@ -120,7 +120,43 @@ def _read(path: Path, channel: int | None, in_channels: int):
     try:
         return read_volume(path, all_channels=in_channels > 1, lazy=True)
     except InputError as exc:
+        if "channel" not in str(exc):  # a 2D image, an unsupported axis, ...: no --channel hint
+            raise
         raise InputError(f"{exc} (pass --channel N)") from None
+
+
+def check_image_values(array, name: str, *, allow_nonfinite: bool = True) -> None:
+    """Catch two likely mistakes in an in-memory image before any work is done.
+
+    A label map given as the image (integers spanning at most 16 values) is a warning; NaN/inf
+    voxels are a warning when ``allow_nonfinite`` (inference reads them as 0 after
+    normalisation), else an :class:`~napari_cnnseg.core.errors.InputError`, as is an image
+    without any finite voxel. Lazy (Zarr) arrays are not scanned.
+    """
+    import numpy as np
+
+    from ..core.errors import InputError
+
+    if not isinstance(array, np.ndarray) or array.size == 0:
+        return
+    if array.dtype == bool or np.issubdtype(array.dtype, np.integer):
+        lo, hi = int(array.min()), int(array.max())
+        if hi - lo <= 15:
+            log.warning("%s looks like a label map, not an image (integer values %d..%d only); "
+                        "give the scan itself", name, lo, hi)
+        return
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+    if bad == array.size:
+        raise InputError(f"{name} holds no finite value (all voxels are NaN/inf); check the file")
+    if bad and not allow_nonfinite:
+        raise InputError(f"{name} has {bad} NaN/inf voxel(s) of {array.size}; replace them "
+                         "(e.g. with 0 or the background intensity) first")
+    if bad:
+        log.warning("%s has %d NaN/inf voxel(s) of %d (%.2g%%); they are read as 0 after "
+                    "normalisation, so their labels are not meaningful",
+                    name, bad, array.size, 100.0 * bad / array.size)
 
 
 def _streams(volume, ext: str) -> bool:
@@ -146,6 +182,7 @@ def segment_file(path: Path, model, args: argparse.Namespace) -> list[Path]:
             f"{path.name} has {volume.num_channels} channel(s) but the model takes {in_channels}"
             + ("; pass --channel N" if volume.num_channels > 1 else "")
         )
+    check_image_values(volume.array, path.name)
     stem, ext = output_stem(path)
     if args.format:
         ext = "." + args.format
@@ -238,9 +275,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--batch must be >= 1, got {args.batch}")
     if args.tile is not None and min(args.tile) < 1:
         raise InputError(f"--tile must be 3 positive integers (Z Y X), got {args.tile}")
+    outdir = Path(args.outdir)
+    _check_distinct_outputs(args.inputs, args.format, outdir)
     resolve_device(args.device)  # fail early on a bad device
     model = resolve_model(args.model)
-    outdir = Path(args.outdir)
     if outdir.exists() and not outdir.is_dir():
         raise InputError(f"output folder {outdir} exists and is not a folder; choose another -o")
     try:
@@ -260,8 +298,26 @@ def run(args: argparse.Namespace) -> int:
             raise
         except CnnsegError as exc:
             failed += 1
-            print(f"cnnseg segment: error: {path}: {exc}", file=sys.stderr, flush=True)
-    if failed:
+            where = "" if path.name in str(exc) else f"{path}: "  # the name once, not twice
+            print(f"cnnseg segment: error: {where}{exc}", file=sys.stderr, flush=True)
+    if failed and len(args.inputs) > 1:
         print(f"cnnseg segment: {failed} of {len(args.inputs)} input(s) failed", file=sys.stderr)
-        return 2
-    return 0
+    return 2 if failed else 0
+
+
+def _check_distinct_outputs(inputs: list[str], fmt: str | None, outdir: Path) -> None:
+    """Refuse a cohort where two inputs would write the same files (the second would
+    silently replace the first's), e.g. ``d1/a.nii.gz d2/a.nii.gz``."""
+    from ..core.errors import InputError
+
+    seen: dict[tuple[str, str], str] = {}
+    for name in inputs:
+        stem, ext = output_stem(Path(name))
+        key = (stem, "." + fmt if fmt else ext.lower())
+        if key in seen:
+            raise InputError(
+                f"inputs {seen[key]} and {name} would both write "
+                f"{outdir / (stem + '_labels' + key[1])}; give each input once, and segment "
+                "same-named files into separate -o folders"
+            )
+        seen[key] = name
