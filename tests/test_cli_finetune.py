@@ -90,3 +90,68 @@ def test_evaluate_refuses_different_grids(files, capsys):
                                                   spacing=(1.0, 1.0, 1.0)))
     assert main(["evaluate", str(other), str(p["gt"])]) == 2
     assert "spacing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--lr", "-1"], "--lr must be > 0"),
+        (["--lr", "nan"], "--lr must be > 0"),
+        (["--batch", "0"], "--batch must be >= 1"),
+        (["--crop", "0", "4", "4"], "--crop must be 3 positive integers"),
+        (["--prior-weight", "-1"], "--prior-weight must be >= 0"),
+        (["--class-names", "a", "b", "c"], "--class-names gives 3 name(s) but the model has 2"),
+        (["-o", "DIR/"], "is a folder; give a checkpoint name"),
+        (["-o", "FILE/model"], "is a file, not a folder"),
+    ],
+)
+def test_finetune_bad_options_fail_before_training(files, capsys, monkeypatch, extra, message):
+    import napari_cnnseg.core.training as training
+
+    tmp, p = files
+    (tmp / "FILE").write_text("not a folder")
+    monkeypatch.setattr(training, "finetune", lambda *a, **k: pytest.fail("trained anyway"))
+    extra = [e.replace("DIR", str(tmp)).replace("FILE", str(tmp / "FILE")) for e in extra]
+    args = ["finetune", str(p["image"]), "-s", str(p["scr"]), "-m", str(p["model"]),
+            "-o", str(tmp / "new"), "--steps", "1", *extra]  # a second -o wins
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not list(tmp.glob("new*"))
+
+
+def test_finetune_refuses_nan_images_before_training(files, capsys, monkeypatch):
+    import napari_cnnseg.core.training as training
+
+    tmp, p = files
+    from napari_cnnseg.core.io import read_volume
+
+    image = read_volume(p["image"])
+    holes = np.asarray(image.array).copy()
+    holes[0, 0, :3] = np.nan
+    bad = write_volume(tmp / "holes.nrrd", image.with_array(holes))
+    monkeypatch.setattr(training, "finetune", lambda *a, **k: pytest.fail("trained anyway"))
+    assert main(["finetune", str(bad), "-s", str(p["scr"]), "-m", str(p["model"]),
+                 "-o", str(tmp / "new"), "--steps", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "3 NaN/inf voxel(s)" in err[0]
+
+
+def test_finetune_progress_with_a_seconds_budget(capsys):
+    from napari_cnnseg.cli.finetune import _Progress
+    from napari_cnnseg.core.training import FinetuneHistory
+
+    history = FinetuneHistory()
+    history.losses = [0.5]
+    progress = _Progress(history, every=10, estimated=True)
+    for done, total in [(1, 3), (2, 8), (9, 30), (10, 25), (11, 11), (12, 12), (13, 13)]:
+        progress(done, total)
+    progress.finish(13)
+    lines = [ln.split(" loss")[0] for ln in capsys.readouterr().err.splitlines()]
+    assert lines == ["step 1/~3", "step 10/~25", "step 13/13"]  # not one line per late step
+    steps = _Progress(history, every=10)
+    for done in range(1, 13):
+        steps(done, 12)
+    steps.finish(12)
+    assert [ln.split(" loss")[0] for ln in capsys.readouterr().err.splitlines()] == [
+        "step 1/12", "step 10/12", "step 12/12"]

@@ -20,6 +20,8 @@ atomically and its path printed on stdout.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -66,19 +68,67 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 class _Progress:
-    """``progress(done, total)`` writing a few lines on stderr."""
+    """``progress(done, total)`` writing a few lines on stderr.
 
-    def __init__(self, history, every: int = 10) -> None:
+    With a seconds budget (``estimated``) the total is only an estimate that catches up with
+    the step count near the end: lines then read ``step 10/~40`` (step 1, then every ``every``
+    steps), and :meth:`finish` prints the last step once training returns.
+    """
+
+    def __init__(self, history, every: int = 10, estimated: bool = False) -> None:
         self.start = time.perf_counter()
         self.every = every
         self.history = history
+        self.estimated = estimated
+        self.last = 0
 
     def __call__(self, done: int, total: int) -> None:
-        if done % self.every and done != total:
-            return
+        if done % self.every and done != 1 and (self.estimated or done != total):
+            return  # the first step (set-up is over), every `every` steps, the last one
+        self._line(done, f"~{total}" if self.estimated else str(total))
+
+    def finish(self, done: int) -> None:
+        """Print the final step (seconds budget: its total is known only now)."""
+        if self.estimated and done != self.last:
+            self._line(done, str(done))
+
+    def _line(self, done: int, total: str) -> None:
+        self.last = done
         loss = self.history.losses[-1] if self.history.losses else float("nan")
         print(f"step {done}/{total} loss {loss:.4f} {time.perf_counter() - self.start:.1f}s",
               file=sys.stderr, flush=True)
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Option values the training would reject only later, named as the user typed them."""
+    from ..core.errors import InputError
+
+    if args.steps is not None and args.steps < 1:
+        raise InputError(f"--steps must be >= 1, got {args.steps}")
+    if args.seconds is not None and not (math.isfinite(args.seconds) and args.seconds > 0):
+        raise InputError(f"--seconds must be > 0, got {args.seconds}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise InputError(f"--lr must be > 0 (e.g. 5e-4), got {args.lr}")
+    if args.batch < 1:
+        raise InputError(f"--batch must be >= 1, got {args.batch}")
+    if args.crop is not None and min(args.crop) < 1:
+        raise InputError(f"--crop must be 3 positive integers (Z Y X), got {args.crop}")
+    if args.prior_weight is not None and not (math.isfinite(args.prior_weight)
+                                              and args.prior_weight >= 0):
+        raise InputError(f"--prior-weight must be >= 0, got {args.prior_weight}")
+    out = Path(args.output)
+    if args.output.endswith(("/", os.sep)) or out.is_dir():
+        raise InputError(f"-o {args.output} is a folder; give a checkpoint name such as "
+                         f"{out / 'my_model'} (writes my_model.safetensors + .json)")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent  # save_model creates the missing folders below this one
+    if not parent.is_dir():
+        raise InputError(f"cannot write -o {args.output}: {parent} is a file, not a folder; "
+                         "choose another -o")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write -o {args.output}: folder {parent} is not writable; "
+                         "choose another -o")
 
 
 def _load_model(spec: str, num_classes: int, in_channels: int):
@@ -98,12 +148,11 @@ def run(args: argparse.Namespace) -> int:
     from ..core.io import read_volume
     from ..core.models import model_meta, save_model
     from ..core.training import DEFAULT_PRIOR_WEIGHT, FinetuneHistory, finetune
+    from .segment import check_image_values
 
-    if args.steps is not None and args.steps < 1:
-        raise InputError(f"--steps must be >= 1, got {args.steps}")
-    if args.seconds is not None and args.seconds <= 0:
-        raise InputError(f"--seconds must be > 0, got {args.seconds}")
+    _check_options(args)
     image = read_volume(args.image, channel=args.channel)
+    check_image_values(image.array, Path(args.image).name, allow_nonfinite=False)
     scrib = read_volume(args.scribbles)
     if scrib.array.ndim != 3:
         raise InputError(f"scribbles must be one 3D label map, got shape {scrib.array.shape}")
@@ -117,9 +166,14 @@ def run(args: argparse.Namespace) -> int:
     scribbles = np.asarray(scrib.array).astype(np.int64)
     in_ch = 1 if image.array.ndim == 3 else image.array.shape[0]
     model, fresh = _load_model(args.model, int(scribbles.max()), in_ch)
+    k = int(getattr(getattr(model, "source_model", None) or model, "num_classes", 0) or 0)
+    if args.class_names and k and len(args.class_names) != k:
+        raise InputError(f"--class-names gives {len(args.class_names)} name(s) but the model has "
+                         f"{k} classes; give {k} names, background first")
     prior = args.prior or ("background" if fresh else "self")
     live = FinetuneHistory()
-    progress = None if args.quiet else _Progress(live)
+    progress = None if args.quiet else _Progress(live, estimated=args.steps is None
+                                                 and args.seconds is not None)
     history = finetune(
         model, np.asarray(image.array), scribbles, steps=args.steps, seconds=args.seconds,
         lr=args.lr, batch_size=args.batch, crop_shape=tuple(args.crop) if args.crop else None,
@@ -128,6 +182,8 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, precision=args.precision, seed=args.seed, progress=progress,
         history=live,
     )
+    if progress is not None:
+        progress.finish(history.steps)
     meta = model_meta(model)
     if args.class_names:
         meta["class_names"] = list(args.class_names)
