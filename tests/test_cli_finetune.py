@@ -155,3 +155,23 @@ def test_finetune_progress_with_a_seconds_budget(capsys):
     steps.finish(12)
     assert [ln.split(" loss")[0] for ln in capsys.readouterr().err.splitlines()] == [
         "step 1/12", "step 10/12", "step 12/12"]
+
+
+def test_evaluate_help_shows_a_single_percent_sign(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    out = capsys.readouterr().out
+    assert "95% Hausdorff" in out and "%%" not in out
+
+
+def test_evaluate_refuses_probabilities_and_too_few_classes_in_cli_terms(files, capsys):
+    tmp, p = files
+    probs = np.stack([np.full((8, 20, 20), 0.25, np.float32), np.full((8, 20, 20), 0.75, np.float32)])
+    pp = write_volume(tmp / "probs.nrrd", Volume(probs, spacing=(2.0, 0.5, 0.5)))
+    assert main(["evaluate", str(pp), str(p["gt"])]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "PREDICTION" in err[0] and "2 channels" in err[0]
+    assert "channel=" not in err[0]  # the Python keyword, not an option of this command
+    assert main(["evaluate", str(p["gt"]), str(p["gt"]), "--classes", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pass --classes 2 or more" in err[0] and "num_classes" not in err[0]

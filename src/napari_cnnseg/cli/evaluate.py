@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "evaluate",
         help="compare a label map with ground truth: Dice and 95%% Hausdorff (mm) per class",
-        description="Dice and 95%% Hausdorff distance (physical units) of every class.",
+        description="Dice and 95% Hausdorff distance (physical units) of every class.",
     )
     p.add_argument("prediction", metavar="PREDICTION", help="predicted label map")
     p.add_argument("ground_truth", metavar="GROUND_TRUTH", help="ground-truth label map, same grid")
@@ -50,6 +50,12 @@ def evaluate_volumes(pred, gt, num_classes: int | None = None) -> dict:
             f"ground truth (shape {g.shape}, spacing {gt.spacing}, origin {gt.origin}) are on "
             "different grids; resample the prediction onto the ground truth first"
         )
+    if num_classes is not None:
+        labels = [a for a in (p, g) if a.size and (a.dtype == bool or np.issubdtype(a.dtype, np.integer))]
+        found = max((int(a.max()) for a in labels), default=0) + 1
+        if num_classes < max(found, 1):
+            raise InputError(f"--classes {num_classes} is too small: the labels go up to {found - 1}; "
+                             f"pass --classes {max(found, 2)} or more, or leave it out")
     dice = dice_per_class(p, g, num_classes)
     k = len(dice)
     hd = hausdorff95(p, g, spacing=gt.spacing, num_classes=k)
@@ -63,12 +69,24 @@ def evaluate_volumes(pred, gt, num_classes: int | None = None) -> dict:
     }
 
 
-def run(args: argparse.Namespace) -> int:
-    """Print the metrics; returns 0."""
+def _read_label_map(path: str, role: str):
+    """A label map; a multi-channel file (e.g. probabilities) is one clear error."""
+    from ..core.errors import InputError
     from ..core.io import read_volume
 
-    res = evaluate_volumes(read_volume(args.prediction), read_volume(args.ground_truth),
-                           args.classes)
+    vol = read_volume(path, all_channels=True)
+    if vol.num_channels > 1:
+        raise InputError(
+            f"{role} {path} has {vol.num_channels} channels (shape {tuple(vol.shape)}), like a "
+            "probability map; give a label map of class indices (cnnseg segment's *_labels file)"
+        )
+    return vol
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the metrics; returns 0."""
+    res = evaluate_volumes(_read_label_map(args.prediction, "PREDICTION"),
+                           _read_label_map(args.ground_truth, "GROUND_TRUTH"), args.classes)
     if args.json:
         print(json.dumps(res))
         return 0
