@@ -57,11 +57,10 @@ def make_net(num_classes: int, spacing: tuple[float, float, float], width: int =
     The in-plane top level is what makes training fast on a CPU (about 5x faster than 3x3x3
     at full resolution); the lower level is fully 3D, so isotropic volumes work as well.
     """
-    from napari_cnnseg.core.models import build_model
+    from napari_cnnseg.core.models import build_model, interactive_config
 
-    return build_model("unet", in_channels=1, num_classes=num_classes, depth=depth,
-                       base_width=width, padding="valid", norm=norm,
-                       anisotropic_levels=1)
+    config = {**interactive_config("unet"), "depth": depth, "base_width": width, "norm": norm}
+    return build_model("unet", in_channels=1, num_classes=num_classes, **config)
 
 
 def crop_for(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> tuple[int, int, int]:

@@ -175,3 +175,14 @@ def test_evaluate_refuses_probabilities_and_too_few_classes_in_cli_terms(files, 
     assert main(["evaluate", str(p["gt"]), str(p["gt"]), "--classes", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pass --classes 2 or more" in err[0] and "num_classes" not in err[0]
+
+
+def test_finetune_from_an_architecture_name_uses_the_interactive_net(files, capsys):
+    from napari_cnnseg.core.models import interactive_config
+
+    tmp, p = files
+    rc = main(["finetune", str(p["image"]), "-s", str(p["scr"]), "-m", "unet",
+               "-o", str(tmp / "fresh"), "--steps", "1", "--batch", "2"])
+    assert rc == 0, capsys.readouterr().err
+    cfg = load_model(tmp / "fresh.safetensors").get_config()
+    assert {k: cfg[k] for k in interactive_config("unet")} == interactive_config("unet")

@@ -271,3 +271,15 @@ def test_demo_strokes_stay_inside_their_class(phantom):
     assert painted.any()
     np.testing.assert_array_equal(scr[painted] - 1, lab[painted])
     assert set(np.unique(scr[painted]) - 1) == set(np.unique(lab[np.nonzero(painted.any((1, 2)))[0]]))
+
+
+def test_new_networks_default_to_the_fast_interactive_settings(tmp_path):
+    from napari_cnnseg.core.models import default_config, interactive_config
+
+    s = Session(autosave_folder=tmp_path)
+    cfg = s.new_model("unet", CLASSES).get_config()
+    for key, value in interactive_config("unet").items():
+        assert cfg[key] == value
+    assert interactive_config("unet") != {k: default_config("unet")[k] for k in interactive_config("unet")}
+    assert s.new_model("unet", CLASSES, depth=3).get_config()["depth"] == 3  # explicit wins
+    assert interactive_config("multiscale") == {}

@@ -211,9 +211,10 @@ class Session:
             class_names: one name per class, background first; default generic names.
             num_classes: number of classes if ``class_names`` is not given (default 2).
             in_channels: image channels; default the session image's (or 1).
-            **config: extra architecture settings passed to ``build_model``.
+            **config: architecture settings passed to ``build_model``, over the
+                interactive defaults of :func:`~.core.models.interactive_config`.
         """
-        from .core.models import build_model
+        from .core.models import build_model, interactive_config
 
         if family not in FAMILIES:
             raise InputError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
@@ -225,6 +226,7 @@ class Session:
             raise InputError("a segmentation model needs at least 2 classes (background + one)")
         if in_channels is None:
             in_channels = self.num_channels if self.volume is not None else 1
+        config = {**interactive_config(family), **config}  # fast on a CPU unless overridden
         model = build_model(
             family, in_channels=int(in_channels), num_classes=len(class_names), **config
         )

@@ -133,10 +133,17 @@ def _check_options(args: argparse.Namespace) -> None:
 
 def _load_model(spec: str, num_classes: int, in_channels: int):
     """(model, fresh): a checkpoint / shipped model, or a fresh net of an architecture name."""
-    from ..core.models import architecture_names, build_model, list_pretrained, resolve_model
+    from ..core.models import (
+        architecture_names,
+        build_model,
+        interactive_config,
+        list_pretrained,
+        resolve_model,
+    )
 
     if spec in architecture_names() and spec not in list_pretrained() and not Path(spec).exists():
-        return build_model(spec, in_channels=in_channels, num_classes=max(2, num_classes)), True
+        return build_model(spec, in_channels=in_channels, num_classes=max(2, num_classes),
+                           **interactive_config(spec)), True
     return resolve_model(spec), False
 
 

@@ -32,11 +32,12 @@ from .patch_classifier import (
     classify_patches,
     valid_patch_sizes,
 )
-from .registry import architecture_names, build_model, default_config
+from .registry import architecture_names, build_model, default_config, interactive_config
 from .transfer import adapt_head
 from .unet import EncoderDecoder3D, UNet3D
 
 __all__ = [
+    "interactive_config",
     "PRETRAINED_DIR",
     "DensePatchClassifier",
     "EncoderDecoder3D",
