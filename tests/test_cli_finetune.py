@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
 import torch
 
 from napari_cnnseg.cli import main
-from napari_cnnseg.core.io import Volume, write_volume
+from napari_cnnseg.core.io import Volume, read_volume, write_volume
 from napari_cnnseg.core.models import build_model, load_model, save_model
 
 
@@ -186,3 +187,15 @@ def test_finetune_from_an_architecture_name_uses_the_interactive_net(files, caps
     assert rc == 0, capsys.readouterr().err
     cfg = load_model(tmp / "fresh.safetensors").get_config()
     assert {k: cfg[k] for k in interactive_config("unet")} == interactive_config("unet")
+
+
+def test_evaluate_warns_when_the_prediction_looks_like_an_image(files, tmp_path, caplog):
+    _, p = files
+    gt = read_volume(p["gt"])
+    ramp = np.arange(gt.array.size, dtype=np.int32).reshape(gt.array.shape) % 100
+    scan = write_volume(tmp_path / "scan.nii.gz", gt.with_array(ramp))
+    with caplog.at_level(logging.WARNING):
+        assert main(["evaluate", str(scan), str(p["gt"]), "--json"]) == 0
+    assert "100 distinct values" in caplog.text
+    floats = write_volume(tmp_path / "f.nii.gz", gt.with_array(gt.array.astype(np.float32) + 0.5))
+    assert main(["evaluate", str(floats), str(p["gt"])]) == 2

@@ -117,6 +117,18 @@ def test_missing_input_file_is_reported(tmp_path, model_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_a_run_where_everything_failed_leaves_no_new_empty_folder(tmp_path, model_path, capsys):
+    out = tmp_path / "new" / "out"
+    assert main(["segment", str(tmp_path / "missing.nii.gz"), "-m", str(model_path),
+                 "-o", str(out)]) == 2
+    assert not out.exists()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    assert main(["segment", str(tmp_path / "missing.nii.gz"), "-m", str(model_path),
+                 "-o", str(existing)]) == 2
+    assert existing.is_dir()  # a folder the user already had is never removed
+
+
 def test_output_stem_and_progress_bar():
     from pathlib import Path
 
@@ -233,7 +245,7 @@ def test_streaming_failures_leave_no_stores_behind(tmp_path, model_path, volume,
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "v_uncertainty.zarr: Permission denied" in err and "input(s) failed" not in err
-    assert list(out.iterdir()) == []
+    assert not out.exists()  # nothing left, not even the folder this run created
     monkeypatch.setattr(stream, "_create_zarr", real_create)
 
     def predict_fails_halfway(image, model, out=None, **kwargs):
@@ -243,7 +255,7 @@ def test_streaming_failures_leave_no_stores_behind(tmp_path, model_path, volume,
     monkeypatch.setattr(pipeline, "predict", predict_fails_halfway)
     assert main(args) == 2
     assert "out of memory" in capsys.readouterr().err
-    assert list(out.iterdir()) == []
+    assert not out.exists()
 
 
 def test_one_bad_input_is_one_line_naming_it_once(tmp_path, model_path, capsys):

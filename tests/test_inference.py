@@ -442,3 +442,16 @@ def test_stats_of_a_lazy_multichannel_image_read_strided_samples_only(monkeypatc
         assert normalization.compute_stats(lazy, spec) == normalization.compute_stats(data, spec)
     assert len(lazy.keys) == 4
     assert all(isinstance(k, tuple) and len(k) == 4 and k[1].step > 1 for k in lazy.keys)
+
+
+def test_tiny_tiles_and_ignored_overlap_are_reported(rng, caplog, monkeypatch):
+    import napari_cnnseg.core.inference as inference
+
+    net = build_model("unet", depth=1, base_width=4, padding="valid")
+    image = rng.normal(size=(12, 14, 16)).astype(np.float32)
+    monkeypatch.setattr(inference, "MANY_TILES", 3)
+    with caplog.at_level(logging.INFO, logger="napari_cnnseg.core.inference"):
+        predict(image, net, device="cpu", precision="fp32", tile_shape=8, overlap=0.5)
+    text = caplog.text
+    assert "overlap is not used for valid-padding networks" in text
+    assert "tiles this small are slow" in text

@@ -17,7 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
+
+log = logging.getLogger(__name__)
+
+#: a label map with more distinct values than this gets a warning (an image given by mistake?)
+LABEL_VALUES_WARN = 64
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -80,6 +86,16 @@ def _read_label_map(path: str, role: str):
             f"{role} {path} has {vol.num_channels} channels (shape {tuple(vol.shape)}), like a "
             "probability map; give a label map of class indices (cnnseg segment's *_labels file)"
         )
+    import numpy as np
+
+    arr = np.asarray(vol.array)
+    if np.issubdtype(arr.dtype, np.floating) and not np.array_equal(arr, np.round(arr)):
+        raise InputError(f"{role} {path} holds non-integer values, like an image or a probability "
+                         "map; give a label map of class indices")
+    n = int(np.unique(arr).size)
+    if n > LABEL_VALUES_WARN:
+        log.warning("%s %s has %d distinct values: is it an image rather than a label map? "
+                    "(each value is scored as a class)", role, path, n)
     return vol
 
 

@@ -23,6 +23,7 @@ bounded by the tiles (plus 1 byte per voxel for labels written to a non-Zarr for
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -281,6 +282,7 @@ def run(args: argparse.Namespace) -> int:
     model = resolve_model(args.model)
     if outdir.exists() and not outdir.is_dir():
         raise InputError(f"output folder {outdir} exists and is not a folder; choose another -o")
+    created = not outdir.exists()
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -302,6 +304,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"cnnseg segment: error: {where}{exc}", file=sys.stderr, flush=True)
     if failed and len(args.inputs) > 1:
         print(f"cnnseg segment: {failed} of {len(args.inputs)} input(s) failed", file=sys.stderr)
+    if created and failed == len(args.inputs):
+        with contextlib.suppress(OSError):
+            outdir.rmdir()  # nothing was written: leave no empty folder behind (only if empty)
     return 2 if failed else 0
 
 

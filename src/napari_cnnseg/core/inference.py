@@ -138,6 +138,10 @@ def default_tile_shape(spec: NetSpec, region_shape: Sequence[int],
     return tuple(min(w, n) for w, n in zip(want, need, strict=True))  # type: ignore[return-value]
 
 
+#: more tiles than this in one prediction gets a warning (tiles far below the default size)
+MANY_TILES = 2000
+
+
 def _overlap3(overlap: Any) -> tuple[float, float, float]:
     ov = DEFAULT_OVERLAP if overlap is None else overlap
     ov = (float(ov),) * 3 if isinstance(ov, (int, float)) else tuple(float(o) for o in ov)
@@ -328,6 +332,9 @@ def predict(
     if batch_size is not None and (int(batch_size) < 1):
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     ov = _overlap3(overlap)
+    if overlap is not None and spec.padding == "valid":
+        log.info("overlap is not used for valid-padding networks: their tiles fit together "
+                 "exactly, with no blending")
     meta = getattr(model, "meta", None) or getattr(spec.net, "meta", None) or {}
     norm = normalization or meta.get("normalization") or DEFAULT_NORMALIZATION
     stats = compute_stats(image, norm)
@@ -377,6 +384,10 @@ def _predict_on(img, model: nn.Module, spec: NetSpec, dev: torch.device, precisi
         layout = tiling.same_layout(region, tile, overlap, img.shape[1:])
     tiles = layout.tiles
     total = len(tiles)
+    if total > MANY_TILES:
+        log.warning("%d tiles of %s voxels: tiles this small are slow (each pays the network's "
+                    "margin again); leave the tile size to the default or raise it", total,
+                    "x".join(str(v) for v in layout.in_shape))
     batch = int(batch_size) if batch_size else _default_batch(total, layout.in_shape, dev)
     log.debug("predict: %d tiles of %s on %s, batch %d", total, layout.in_shape, dev, batch)
     try:
