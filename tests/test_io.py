@@ -520,3 +520,15 @@ def test_write_volume_with_swapped_or_bad_arguments_says_so(tmp_path):
     with pytest.raises(InputError, match="file path"):
         write_volume(3, vol)  # type: ignore[arg-type]
     assert not list(tmp_path.iterdir())
+
+
+def test_4d_tiff_without_axis_names_reads_as_channels_or_says_what_to_do(tmp_path, caplog):
+    data = np.arange(3 * 5 * 6 * 7, dtype=np.uint16).reshape(3, 5, 6, 7)
+    tifffile.imwrite(tmp_path / "c.tif", data)
+    vol = read_volume(tmp_path / "c.tif", all_channels=True)
+    assert vol.num_channels == 3
+    np.testing.assert_array_equal(np.asarray(vol.array), data)
+    assert "no axis names" in caplog.text
+    tifffile.imwrite(tmp_path / "t.tif", np.zeros((20, 9, 6, 7), np.uint8))
+    with pytest.raises(InputError, match="without axis names"):
+        read_volume(tmp_path / "t.tif")

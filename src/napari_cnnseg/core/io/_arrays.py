@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
+
+log = logging.getLogger(__name__)
 
 
 class LazyView:
@@ -116,9 +119,29 @@ def _check_spatial(shape: tuple[int, ...], path: Path) -> None:
         raise InputError(f"{path.name} has shape {shape}; only 3D volumes with optional channels are supported")
 
 
+#: a leading unnamed axis at most this long is read as channels (see ``_to_czyx``)
+MAX_UNNAMED_CHANNELS = 8
+
+
 def _to_czyx(data: Any, axes: str, path: Path) -> Any:
     """Reorder an array with axis letters (tifffile/OME conventions) to (C, Z, Y, X) or (Z, Y, X)."""
     axes = axes.upper()
+    unnamed = [i for i, a in enumerate(axes) if a in "QIP"]
+    if len(unnamed) == 2 and "Z" not in axes and "C" not in axes:
+        # a 4D array saved without axis names (tifffile.imwrite(path, data)): (C, Z, Y, X) is
+        # the only reading that fits a 3D segmentation tool when the first axis is short
+        (i, j), shape = unnamed, tuple(data.shape)
+        if shape[i] <= MAX_UNNAMED_CHANNELS and shape[i] < shape[j]:
+            log.warning("%s has no axis names (shape %s): read as (C, Z, Y, X) with %d channels; "
+                        "save it with axis metadata (e.g. tifffile.imwrite(path, data, "
+                        "metadata={'axes': 'CZYX'})) to be explicit", path.name, shape, shape[i])
+            axes = axes[:i] + "C" + axes[i + 1:j] + "Z" + axes[j + 1:]
+        else:
+            raise InputError(
+                f"{path.name} has a 4D array {shape} without axis names; save one 3D stack per "
+                "file, or name the axes (e.g. tifffile.imwrite(path, data, "
+                "metadata={'axes': 'CZYX'}))"
+            )
     # a stack of unnamed planes is a z stack
     for alias in "QIP":
         if alias in axes and "Z" not in axes:
