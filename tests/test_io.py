@@ -409,7 +409,7 @@ def test_write_failure_is_a_clear_error_and_keeps_nothing(tmp_path):
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("a file where a folder should be")
     for ext in (".nii.gz", ".tif", ".zarr", ".mhd"):
-        with pytest.raises(CnnsegError, match="cannot write"):
+        with pytest.raises(CnnsegError, match="not_a_folder is a file, not a folder"):
             write_volume(blocker / f"out{ext}", oblique_volume())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not_a_folder"]
 

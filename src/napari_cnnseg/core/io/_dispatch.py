@@ -120,6 +120,11 @@ def write_volume(path: str | os.PathLike, volume: Volume) -> Path:
             with _atomic_path(p) as tmp:
                 _write_tiff(tmp, volume)
     except (OSError, RuntimeError) as exc:  # RuntimeError: ITK writer failures
+        blocker = next((q for q in p.parents if q.exists() and not q.is_dir()), None)
+        if blocker is not None:
+            raise CnnsegError(
+                f"cannot write {p}: {blocker} is a file, not a folder; choose another path"
+            ) from exc
         raise CnnsegError(
             f"cannot write {p}: {str(exc).strip()[-200:]}; choose a writable folder with free space"
         ) from exc
