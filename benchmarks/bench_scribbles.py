@@ -40,14 +40,20 @@ from _scribble_sim import correction_strokes, initial_strokes  # noqa: E402
 
 from napari_cnnseg.core.io import read_volume  # noqa: E402
 from napari_cnnseg.core.metrics import mean_foreground_dice  # noqa: E402
-from napari_cnnseg.core.training import finetune  # noqa: E402
+from napari_cnnseg.core.training import (  # noqa: E402
+    FRESH_NET_SETTINGS,
+    TRAINED_NET_SETTINGS,
+    finetune,
+)
 
 log = logging.getLogger("bench_scribbles")
 
 #: fine-tuning budget per round (3 rounds fit the 60 s target)
 SECONDS_PER_ROUND = 18.0
-#: learning rates: a fresh net needs larger steps than a shipped one being adapted
-LR_SCRATCH, LR_PRETRAINED = 2e-3, 5e-4
+#: learning rates: a fresh net needs larger steps than a shipped one being adapted (the same
+#: recipe the GUI and `cnnseg finetune` use: core.training.recommended_settings)
+LR_SCRATCH = FRESH_NET_SETTINGS["lr"]
+LR_PRETRAINED = TRAINED_NET_SETTINGS["lr"]
 
 
 def make_net(num_classes: int, spacing: tuple[float, float, float], width: int = 16,
@@ -177,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.prior_weight is not None:
         ft["prior_weight"] = args.prior_weight
     ft["lr"] = args.lr if args.lr is not None else (LR_PRETRAINED if args.model else LR_SCRATCH)
-    ft["prior"] = args.prior or ("self" if args.model else "background")
+    ft["prior"] = args.prior or (TRAINED_NET_SETTINGS if args.model else FRESH_NET_SETTINGS)["prior"]
     if args.steps_per_round is not None:
         ft["steps"] = args.steps_per_round
     if args.quick:
@@ -226,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.model and not args.no_scratch:
         ft["lr"] = args.lr if args.lr is not None else LR_SCRATCH
-        ft["prior"] = args.prior or "background"
+        ft["prior"] = args.prior or FRESH_NET_SETTINGS["prior"]
         scratch = run_loop(make_net(k, spacing, width, norm=args.norm, depth=args.depth), image, labels, spacing, args.rounds,  # type: ignore[arg-type]
                            args.seed, args.seconds_per_round, None, **ft)
         out["dice_cnn_scratch"] = round(scratch["dice_cnn_rounds"][-1], 4)

@@ -283,3 +283,24 @@ def test_new_networks_default_to_the_fast_interactive_settings(tmp_path):
     assert interactive_config("unet") != {k: default_config("unet")[k] for k in interactive_config("unet")}
     assert s.new_model("unet", CLASSES, depth=3).get_config()["depth"] == 3  # explicit wins
     assert interactive_config("multiscale") == {}
+
+
+def test_finetune_uses_the_measured_recipe_for_the_model_start(session, phantom, monkeypatch):
+    import napari_cnnseg.core.training as training
+
+    seen = []
+    real = training.finetune
+
+    def spy(model, image, scribbles, **kw):
+        seen.append((kw["lr"], kw["prior"]))
+        return real(model, image, scribbles, **kw)
+
+    monkeypatch.setattr(training, "finetune", spy)
+    scr = _scribbles_from(np.asarray(phantom[1].array))
+    assert session.model_is_fresh
+    session.finetune(scr, steps=1, refresh=False, batch_size=2, crop_shape=(4, 8, 8))
+    session.set_model(session.model, source="a checkpoint")
+    assert not session.model_is_fresh
+    session.finetune(scr, steps=1, refresh=False, batch_size=2, crop_shape=(4, 8, 8), lr=1e-4)
+    fresh, trained = training.recommended_settings(True), training.recommended_settings(False)
+    assert seen == [(fresh["lr"], fresh["prior"]), (1e-4, trained["prior"])]

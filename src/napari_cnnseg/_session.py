@@ -187,6 +187,11 @@ class Session:
         self._versions.clear()
         self._weights_step += 1
 
+    @property
+    def model_is_fresh(self) -> bool:
+        """True while the model is one this session built untrained (``new_model``)."""
+        return self.model_source.startswith("new ")
+
     def load_model(self, name_or_path: str | os.PathLike) -> Any:
         """Load a shipped model by name or a checkpoint file; raises CheckpointError if bad."""
         from .core.models import resolve_model
@@ -513,8 +518,9 @@ class Session:
             **train_options: more keyword arguments for ``core.training.finetune`` (lr,
                 batch_size, crop_shape, prior_weight, keep_best, device, precision, ...).
         """
-        from .core.training import FinetuneHistory, finetune
+        from .core.training import FinetuneHistory, finetune, recommended_settings
 
+        train_options = {**recommended_settings(self.model_is_fresh), **train_options}
         scribbles = self.check_scribbles(scribbles)
         every = max(1, int(refresh_every))
         outcome = FinetuneOutcome(history=FinetuneHistory())

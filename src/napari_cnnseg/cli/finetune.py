@@ -47,7 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--seconds", type=float, default=None, help="training time budget")
     budget.add_argument("--steps", type=int, default=None, help="optimisation steps (default 100)")
-    p.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate (default 5e-4)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="AdamW learning rate (default 5e-4 for a trained model, 2e-3 for a fresh "
+                        "architecture)")
     p.add_argument("--batch", type=int, default=4, help="crops per step (default 4)")
     p.add_argument("--crop", nargs=3, type=int, metavar=("Z", "Y", "X"),
                    help="output crop per sample (default 16 48 48, clipped to the image)")
@@ -107,7 +109,7 @@ def _check_options(args: argparse.Namespace) -> None:
         raise InputError(f"--steps must be >= 1, got {args.steps}")
     if args.seconds is not None and not (math.isfinite(args.seconds) and args.seconds > 0):
         raise InputError(f"--seconds must be > 0, got {args.seconds}")
-    if not (math.isfinite(args.lr) and args.lr > 0):
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
         raise InputError(f"--lr must be > 0 (e.g. 5e-4), got {args.lr}")
     if args.batch < 1:
         raise InputError(f"--batch must be >= 1, got {args.batch}")
@@ -154,7 +156,12 @@ def run(args: argparse.Namespace) -> int:
     from ..core.errors import InputError
     from ..core.io import read_volume
     from ..core.models import model_meta, save_model
-    from ..core.training import DEFAULT_PRIOR_WEIGHT, FinetuneHistory, finetune
+    from ..core.training import (
+        DEFAULT_PRIOR_WEIGHT,
+        FinetuneHistory,
+        finetune,
+        recommended_settings,
+    )
     from .segment import check_image_values
 
     _check_options(args)
@@ -177,13 +184,14 @@ def run(args: argparse.Namespace) -> int:
     if args.class_names and k and len(args.class_names) != k:
         raise InputError(f"--class-names gives {len(args.class_names)} name(s) but the model has "
                          f"{k} classes; give {k} names, background first")
-    prior = args.prior or ("background" if fresh else "self")
+    recipe = recommended_settings(fresh)  # what docs/training.md measured for this start
+    prior = args.prior or recipe["prior"]
     live = FinetuneHistory()
     progress = None if args.quiet else _Progress(live, estimated=args.steps is None
                                                  and args.seconds is not None)
     history = finetune(
         model, np.asarray(image.array), scribbles, steps=args.steps, seconds=args.seconds,
-        lr=args.lr, batch_size=args.batch, crop_shape=tuple(args.crop) if args.crop else None,
+        lr=recipe["lr"] if args.lr is None else args.lr, batch_size=args.batch, crop_shape=tuple(args.crop) if args.crop else None,
         prior_weight=DEFAULT_PRIOR_WEIGHT if args.prior_weight is None else args.prior_weight,
         prior=prior,
         device=args.device, precision=args.precision, seed=args.seed, progress=progress,
