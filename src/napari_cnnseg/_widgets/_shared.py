@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .._session import RegionUpdate, Session, class_color, class_colormap
+from .._colors import class_color, class_colormap
+from .._session import RegionUpdate, Session
 from ..core.errors import CnnsegError, InputError
 
 logger = logging.getLogger(__name__)
