@@ -203,8 +203,8 @@ class _Runner:
         x = x.contiguous(memory_format=torch.channels_last_3d)
         with torch.inference_mode(), _autocast(self.device, self.dtype):
             y = self.net(x)
-        with torch.inference_mode():
-            return y.float().cpu().contiguous()
+        with torch.inference_mode():  # one pass: to CPU, float32 and contiguous together
+            return y.to("cpu", torch.float32, memory_format=torch.contiguous_format)
 
 
 def _is_oom(exc: BaseException) -> bool:
