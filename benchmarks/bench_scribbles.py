@@ -99,11 +99,29 @@ def compact_labels(labels: np.ndarray) -> np.ndarray:
     return (np.searchsorted(values, labels) + start).astype(np.int64)
 
 
+def later_round_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Settings of rounds 2+: by then the net has been fine-tuned, so the trained recipe
+    applies (lr 5e-4 + self prior), as in the Fine-tune dock (``Session.model_is_fresh``).
+    Explicit ``--lr`` / ``--prior`` win; ``--fresh-recipe-every-round`` keeps round 1's."""
+    if args.fresh_recipe_every_round:
+        return {}
+    later = dict(TRAINED_NET_SETTINGS)
+    if args.lr is not None:
+        later["lr"] = args.lr
+    if args.prior:
+        later["prior"] = args.prior
+    return later
+
+
 def run_loop(model: torch.nn.Module, image: np.ndarray, labels: np.ndarray,
              spacing: tuple[float, float, float], rounds: int, seed: int,
-             seconds: float, rf: Any,
+             seconds: float, rf: Any, later: dict[str, Any] | None = None,
              **ft: Any) -> dict[str, Any]:
-    """The simulated annotate / fine-tune loop; returns per-round Dice and timings."""
+    """The simulated annotate / fine-tune loop; returns per-round Dice and timings.
+
+    ``ft`` are the ``finetune`` settings of round 1; ``later`` overrides some of them from
+    round 2 on (a net fine-tuned once is a trained net: see :func:`later_round_settings`).
+    """
     k = int(labels.max()) + 1
     crop = crop_for(labels.shape, spacing)
     scribbles = initial_strokes(labels, spacing, seed=seed)
@@ -111,8 +129,9 @@ def run_loop(model: torch.nn.Module, image: np.ndarray, labels: np.ndarray,
     for r in range(rounds):
         t0 = time.perf_counter()
         budget = {} if "steps" in ft else {"seconds": seconds}
+        settings = {**ft, **(later or {})} if r > 0 else ft
         finetune(model, image, scribbles, crop_shape=crop, seed=seed + r, device="cpu",
-                 **budget, **ft)
+                 **budget, **settings)
         secs += time.perf_counter() - t0
         pred = predict_labels(model, image)
         dice_cnn.append(mean_foreground_dice(pred, labels, k))
@@ -152,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="base width of the fresh U-Net (default 16; recipe studies)")
     p.add_argument("--depth", type=int, default=2,
                    help="levels of the fresh U-Net (default 2; recipe studies)")
+    p.add_argument("--fresh-recipe-every-round", action="store_true",
+                   help="a fresh net keeps lr 2e-3 + background prior in rounds 2+ too (the "
+                        "default before 2026-11-26 08:00; recipe studies)")
     p.add_argument("--no-rf", action="store_true", help="skip the random forest")
     p.add_argument("--no-scratch", action="store_true",
                    help="with --model: skip the from-scratch loop (no dice_cnn_scratch)")
@@ -210,8 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         model = adapt_head(resolve_model(args.init_from), k)
     else:
         model = make_net(k, spacing, width, norm=args.norm, depth=args.depth)  # type: ignore[arg-type]
+    later = later_round_settings(args)
     res = run_loop(model, image, labels, spacing, args.rounds, args.seed,
-                   args.seconds_per_round, rf, **ft)
+                   args.seconds_per_round, rf, later=later, **ft)
     out: dict[str, Any] = {
         "bench": "scribbles",
         "image": str(args.image),
@@ -234,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         ft["lr"] = args.lr if args.lr is not None else LR_SCRATCH
         ft["prior"] = args.prior or FRESH_NET_SETTINGS["prior"]
         scratch = run_loop(make_net(k, spacing, width, norm=args.norm, depth=args.depth), image, labels, spacing, args.rounds,  # type: ignore[arg-type]
-                           args.seed, args.seconds_per_round, None, **ft)
+                           args.seed, args.seconds_per_round, None, later=later, **ft)
         out["dice_cnn_scratch"] = round(scratch["dice_cnn_rounds"][-1], 4)
     emit(out)
     return 0

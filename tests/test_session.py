@@ -297,10 +297,16 @@ def test_finetune_uses_the_measured_recipe_for_the_model_start(session, phantom,
 
     monkeypatch.setattr(training, "finetune", spy)
     scr = _scribbles_from(np.asarray(phantom[1].array))
+    small = {"steps": 1, "refresh": False, "batch_size": 2, "crop_shape": (4, 8, 8)}
     assert session.model_is_fresh
-    session.finetune(scr, steps=1, refresh=False, batch_size=2, crop_shape=(4, 8, 8))
+    session.finetune(scr, **small)  # an untrained net: the fresh recipe
+    assert not session.model_is_fresh  # fine-tuned once: a trained net from now on
+    session.finetune(scr, **small)
+    assert session.undo() and not session.model_is_fresh
+    assert session.undo() and session.model_is_fresh  # back to the untrained weights
     session.set_model(session.model, source="a checkpoint")
     assert not session.model_is_fresh
-    session.finetune(scr, steps=1, refresh=False, batch_size=2, crop_shape=(4, 8, 8), lr=1e-4)
+    session.finetune(scr, lr=1e-4, **small)  # explicit settings win
     fresh, trained = training.recommended_settings(True), training.recommended_settings(False)
-    assert seen == [(fresh["lr"], fresh["prior"]), (1e-4, trained["prior"])]
+    assert seen == [(fresh["lr"], fresh["prior"]), (trained["lr"], trained["prior"]),
+                    (1e-4, trained["prior"])]

@@ -101,6 +101,7 @@ class Session:
         self.autosave_folder = autosave_folder
         self.max_versions = max_versions
         self._versions: list[dict[str, Any]] = []
+        self._tuned = 0  # fine-tuning rounds applied to the current model (Undo steps back)
         self._weights_step = 0
         self._store: ScribbleStore | None = None
 
@@ -153,12 +154,14 @@ class Session:
         self.model = model
         self.model_source = source
         self._versions.clear()
+        self._tuned = 0
         self._weights_step += 1
 
     @property
     def model_is_fresh(self) -> bool:
-        """True while the model is one this session built untrained (``new_model``)."""
-        return self.model_source.startswith("new ")
+        """True while the model is one this session built untrained (``new_model``) and not yet
+        fine-tuned (or undone back to that state): the fresh-net recipe applies only then."""
+        return self.model_source.startswith("new ") and self._tuned == 0
 
     def load_model(self, name_or_path: str | os.PathLike) -> Any:
         """Load a shipped model by name or a checkpoint file; raises CheckpointError if bad."""
@@ -446,6 +449,7 @@ class Session:
             return False
         self.model.load_state_dict(self._versions.pop())
         self._weights_step += 1
+        self._tuned = max(0, self._tuned - 1)
         return True
 
     def finetune(
@@ -531,6 +535,7 @@ class Session:
             # nothing useful happened: put the previous weights back
             model.load_state_dict(self._versions.pop())
             raise
+        self._tuned += 1
         self._weights_step += 1
         outcome.losses = [float(x) for x in outcome.history.losses]
         model.eval()
