@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="levels of the fresh U-Net (default 2; recipe studies)")
     p.add_argument("--fresh-recipe-every-round", action="store_true",
                    help="a fresh net keeps lr 2e-3 + background prior in rounds 2+ too (the "
-                        "default before 2026-11-26 08:00; recipe studies)")
+                        "default before 2026-11-26 07:57; recipe studies)")
     p.add_argument("--no-rf", action="store_true", help="skip the random forest")
     p.add_argument("--no-scratch", action="store_true",
                    help="with --model: skip the from-scratch loop (no dice_cnn_scratch)")
