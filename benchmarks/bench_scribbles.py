@@ -40,20 +40,12 @@ from _scribble_sim import correction_strokes, initial_strokes  # noqa: E402
 
 from napari_cnnseg.core.io import read_volume  # noqa: E402
 from napari_cnnseg.core.metrics import mean_foreground_dice  # noqa: E402
-from napari_cnnseg.core.training import (  # noqa: E402
-    FRESH_NET_SETTINGS,
-    TRAINED_NET_SETTINGS,
-    finetune,
-)
+from napari_cnnseg.core.training import finetune, recommended_settings  # noqa: E402
 
 log = logging.getLogger("bench_scribbles")
 
 #: fine-tuning budget per round (3 rounds fit the 60 s target)
 SECONDS_PER_ROUND = 18.0
-#: learning rates: a fresh net needs larger steps than a shipped one being adapted (the same
-#: recipe the GUI and `cnnseg finetune` use: core.training.recommended_settings)
-LR_SCRATCH = FRESH_NET_SETTINGS["lr"]
-LR_PRETRAINED = TRAINED_NET_SETTINGS["lr"]
 
 
 def make_net(num_classes: int, spacing: tuple[float, float, float], width: int = 16,
@@ -99,18 +91,22 @@ def compact_labels(labels: np.ndarray) -> np.ndarray:
     return (np.searchsorted(values, labels) + start).astype(np.int64)
 
 
+def recipe(args: argparse.Namespace, fresh: bool) -> dict[str, Any]:
+    """lr and prior for a fresh or trained net (``core.training.recommended_settings``, the
+    recipe the GUI and ``cnnseg finetune`` use), with ``--lr`` / ``--prior`` on top if given."""
+    out = recommended_settings(fresh)
+    if args.lr is not None:
+        out["lr"] = args.lr
+    if args.prior:
+        out["prior"] = args.prior
+    return out
+
+
 def later_round_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Settings of rounds 2+: by then the net has been fine-tuned, so the trained recipe
     applies (lr 5e-4 + self prior), as in the Fine-tune dock (``Session.model_is_fresh``).
     Explicit ``--lr`` / ``--prior`` win; ``--fresh-recipe-every-round`` keeps round 1's."""
-    if args.fresh_recipe_every_round:
-        return {}
-    later = dict(TRAINED_NET_SETTINGS)
-    if args.lr is not None:
-        later["lr"] = args.lr
-    if args.prior:
-        later["prior"] = args.prior
-    return later
+    return {} if args.fresh_recipe_every_round else recipe(args, fresh=False)
 
 
 def run_loop(model: torch.nn.Module, image: np.ndarray, labels: np.ndarray,
@@ -204,8 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     ft: dict[str, Any] = {}
     if args.prior_weight is not None:
         ft["prior_weight"] = args.prior_weight
-    ft["lr"] = args.lr if args.lr is not None else (LR_PRETRAINED if args.model else LR_SCRATCH)
-    ft["prior"] = args.prior or (TRAINED_NET_SETTINGS if args.model else FRESH_NET_SETTINGS)["prior"]
+    ft.update(recipe(args, fresh=not args.model))
     if args.steps_per_round is not None:
         ft["steps"] = args.steps_per_round
     if args.quick:
@@ -254,8 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": bool(args.quick),
     }
     if args.model and not args.no_scratch:
-        ft["lr"] = args.lr if args.lr is not None else LR_SCRATCH
-        ft["prior"] = args.prior or FRESH_NET_SETTINGS["prior"]
+        ft.update(recipe(args, fresh=True))
         scratch = run_loop(make_net(k, spacing, width, norm=args.norm, depth=args.depth), image, labels, spacing, args.rounds,  # type: ignore[arg-type]
                            args.seed, args.seconds_per_round, None, later=later, **ft)
         out["dice_cnn_scratch"] = round(scratch["dice_cnn_rounds"][-1], 4)

@@ -8,7 +8,7 @@ import sys, time, json, logging
 sys.path.insert(0, "benchmarks")
 import numpy as np, torch
 from scipy import ndimage as ndi
-from bench_scribbles import crop_for, SECONDS_PER_ROUND, LR_SCRATCH
+from bench_scribbles import crop_for
 from _scribble_sim import correction_strokes, initial_strokes
 from _rf_baseline import RandomForestBaseline, rf_features
 from napari_cnnseg.core.io import read_volume
