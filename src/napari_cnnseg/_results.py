@@ -67,7 +67,3 @@ class FinetuneOutcome:
     region_updates: int = 0
     steps: int = 0
     losses: list[float] = field(default_factory=list)
-
-
-def _labels_dtype(num_classes: int) -> np.dtype:
-    return np.dtype(np.uint8) if num_classes <= 255 else np.dtype(np.uint16)

@@ -43,11 +43,11 @@ from ._results import (  # noqa: F401 - re-exported: the docks and tests import 
     RegionUpdate,
     Results,
     Roi,
-    _labels_dtype,
     normalized_entropy,
 )
 from .core.errors import Cancelled, InputError
 from .core.jobs import CancelFn, ProgressFn
+from .core.pipeline import labels_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -345,7 +345,7 @@ class Session:
         step = self._weights_step
         probs = self._predict(None, progress, cancel)
         k = probs.shape[0]
-        labels = np.argmax(probs, axis=0).astype(_labels_dtype(k))
+        labels = np.argmax(probs, axis=0).astype(labels_dtype(k))
         results = Results(labels, probs, normalized_entropy(probs), weights_step=step)
         self.results = results
         return results
@@ -358,7 +358,7 @@ class Session:
         res = self.results
         if res is None or res.labels.shape != shape or res.probabilities.shape[0] != k:
             res = Results(
-                np.zeros(shape, dtype=_labels_dtype(k)),
+                np.zeros(shape, dtype=labels_dtype(k)),
                 np.zeros((k, *shape), dtype=np.float32),
                 np.zeros(shape, dtype=np.float32),
                 weights_step=-1,
@@ -383,7 +383,7 @@ class Session:
         step = self._weights_step
         probs = self._predict(roi, None, cancel, live=True)
         k = probs.shape[0]
-        labels = np.argmax(probs, axis=0).astype(_labels_dtype(k))
+        labels = np.argmax(probs, axis=0).astype(labels_dtype(k))
         return RegionUpdate(roi, labels, probs, normalized_entropy(probs), weights_step=step)
 
     def apply_region(self, update: RegionUpdate) -> bool:

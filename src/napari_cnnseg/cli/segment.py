@@ -216,26 +216,24 @@ def _segment_streaming(volume, model, outdir: Path, stem: str, ext: str, args: a
     them from memory (1 byte per voxel for the labels). Every store is committed atomically
     once complete and removed on any error.
     """
-    from contextlib import ExitStack
-
     import numpy as np
 
     from ..core.inference import network_spec
     from ..core.io import ZARR_SUFFIXES, ZarrVolumeWriter, write_volume
-    from ..core.pipeline import class_names_for, segment_volume
+    from ..core.pipeline import class_names_for, labels_dtype, segment_volume
 
     k = network_spec(model).num_classes
     names = class_names_for(model, k)
     grid = tuple(volume.spatial_shape)
     zarr_out = ext.lower() in ZARR_SUFFIXES
-    with ExitStack() as stack:
+    with contextlib.ExitStack() as stack:
         def store(kind: str, shape: tuple[int, ...], dtype) -> ZarrVolumeWriter:
             name = f"{stem}_{kind}{ext if zarr_out else '.zarr'}"
             return stack.enter_context(ZarrVolumeWriter(outdir / name, like=volume, shape=shape,
                                                         dtype=dtype, class_names=names))
 
         probs = store("probabilities", (k, *grid), np.float32)
-        labels = store("labels", grid, np.uint8 if k <= 255 else np.uint16) if zarr_out else None
+        labels = store("labels", grid, labels_dtype(k)) if zarr_out else None
         unc = store("uncertainty", grid, np.float32) if zarr_out and args.uncertainty else None
         where = "Zarr outputs" if zarr_out else f"a scratch Zarr store in {outdir}"
         log.info("%s: streaming tile by tile into %s", stem, where)

@@ -47,6 +47,11 @@ class SegmentationResult:
         return list(self.labels.metadata.get("class_names", []))
 
 
+def labels_dtype(num_classes: int) -> np.dtype:
+    """Integer type of a label map with ``num_classes`` classes: uint8, uint16 beyond 255."""
+    return np.dtype(np.uint8) if num_classes <= 255 else np.dtype(np.uint16)
+
+
 def labels_from_probabilities(probabilities: Any, out: Any = None) -> Any:
     """Argmax over classes, slab by slab (works on zarr/dask probabilities too).
 
@@ -60,7 +65,7 @@ def labels_from_probabilities(probabilities: Any, out: Any = None) -> Any:
     if probabilities.ndim != 4:
         raise InputError(f"probabilities must be (K, Z, Y, X), got shape {tuple(probabilities.shape)}")
     k, z = probabilities.shape[:2]
-    dtype = np.uint8 if k <= 255 else np.uint16
+    dtype = labels_dtype(k)
     if out is None:
         out = np.empty(probabilities.shape[1:], dtype=dtype)
     for z0 in range(0, z, _SLAB):
@@ -191,7 +196,7 @@ def _reduce(probs: Any, labels_out: Any, uncertainty_out: Any, uncertainty: bool
     """Labels (+ uncertainty) in one pass over the probabilities, slab by slab."""
     k = probs.shape[0]
     if labels_out is None:
-        labels_out = np.empty(probs.shape[1:], dtype=np.uint8 if k <= 255 else np.uint16)
+        labels_out = np.empty(probs.shape[1:], dtype=labels_dtype(k))
     if uncertainty and uncertainty_out is None:
         uncertainty_out = np.empty(probs.shape[1:], dtype=np.float32)
     for z0 in range(0, probs.shape[1], _SLAB):
