@@ -306,6 +306,8 @@ def test_finetune_uses_the_measured_recipe_for_the_model_start(session, phantom,
     assert session.undo() and session.model_is_fresh  # back to the untrained weights
     session.set_model(session.model, source="a checkpoint")
     assert not session.model_is_fresh
+    session.set_model(session.model, source="new unet.safetensors")  # a name, not a state
+    assert not session.model_is_fresh
     session.finetune(scr, lr=1e-4, **small)  # explicit settings win
     fresh, trained = training.recommended_settings(True), training.recommended_settings(False)
     assert seen == [(fresh["lr"], fresh["prior"]), (trained["lr"], trained["prior"]),

@@ -443,8 +443,19 @@ def test_slicer_style_run_writes_a_label_map_on_the_input_geometry(tmp_path):
 
 
 @pytest.mark.slow
-def test_finetune_run_with_scribbles_probability_and_saved_model(tmp_path, capsys, device):
+def test_finetune_run_with_scribbles_probability_and_saved_model(tmp_path, capsys, device,
+                                                                  monkeypatch):
+    from napari_cnnseg.core import training
     from napari_cnnseg.core.io import read_volume, write_volume
+
+    seen = []
+    real = training.finetune
+
+    def spy(model, image, scribbles, **kw):
+        seen.append((kw.get("lr"), kw.get("prior")))
+        return real(model, image, scribbles, **kw)
+
+    monkeypatch.setattr(training, "finetune", spy)
 
     ckpt = _tiny_checkpoint(tmp_path, num_classes=4)
     src, truth = _sample_nrrd(tmp_path)
@@ -476,6 +487,8 @@ def test_finetune_run_with_scribbles_probability_and_saved_model(tmp_path, capsy
     tuned = load_model(new_model)
     assert tuned.num_classes == 4 and tuned.meta["class_names"][0] == "background"
     assert "fine-tuned in 3D Slicer" in tuned.meta["description"]
+    trained = training.recommended_settings(fresh=False)  # a checkpoint is a trained start
+    assert seen == [(trained["lr"], trained["prior"])]
 
 
 def test_real_t1_crop_keeps_its_permuted_geometry(tmp_path, capsys):

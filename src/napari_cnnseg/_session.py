@@ -102,6 +102,7 @@ class Session:
         self.max_versions = max_versions
         self._versions: list[dict[str, Any]] = []
         self._tuned = 0  # fine-tuning rounds applied to the current model (Undo steps back)
+        self._untrained = False  # the current model was built untrained (see model_is_fresh)
         self._weights_step = 0
         self._store: ScribbleStore | None = None
 
@@ -149,10 +150,15 @@ class Session:
             raise InputError("no image chosen: open a 3D image and pick it in the Segment dock")
 
     # ------------------------------------------------------------------ model
-    def set_model(self, model: Any, *, source: str = "") -> None:
-        """Use ``model`` (any network ``core.inference.predict`` accepts); clears Undo."""
+    def set_model(self, model: Any, *, source: str = "", untrained: bool = False) -> None:
+        """Use ``model`` (any network ``core.inference.predict`` accepts); clears Undo.
+
+        ``untrained``: the model's weights are freshly initialised (``new_model``), so its
+        first fine-tuning uses the fresh-net recipe (:attr:`model_is_fresh`).
+        """
         self.model = model
         self.model_source = source
+        self._untrained = bool(untrained)
         self._versions.clear()
         self._tuned = 0
         self._weights_step += 1
@@ -161,7 +167,7 @@ class Session:
     def model_is_fresh(self) -> bool:
         """True while the model is one this session built untrained (``new_model``) and not yet
         fine-tuned (or undone back to that state): the fresh-net recipe applies only then."""
-        return self.model_source.startswith("new ") and self._tuned == 0
+        return self._untrained and self._tuned == 0
 
     def load_model(self, name_or_path: str | os.PathLike) -> Any:
         """Load a shipped model by name or a checkpoint file; raises CheckpointError if bad."""
@@ -209,7 +215,7 @@ class Session:
         meta = dict(getattr(model, "meta", None) or {})
         meta.update(class_names=list(class_names), description=f"untrained {FAMILIES[family]}")
         model.meta = meta
-        self.set_model(model, source=f"new {family}")
+        self.set_model(model, source=f"new {family}", untrained=True)
         return model
 
     def _require_model(self) -> None:

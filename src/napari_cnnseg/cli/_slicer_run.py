@@ -223,15 +223,18 @@ def run_segmentation(args: argparse.Namespace, stream: TextIO | None = None) -> 
     progress(1, 1)
 
     if finetuning:
-        from ..core.training import finetune
+        from ..core.training import finetune, recommended_settings
 
         progress.stage("finetune", f"Fine-tuning on scribbles ({args.finetuneSeconds:g} s)")
         train_precision = args.precision
         if train_precision not in FINETUNE_PRECISIONS:
             log.warning("fine-tuning does not run in %s; it uses precision auto", train_precision)
             train_precision = "auto"
+        # a shipped model or checkpoint is a trained start: the recipe the Fine-tune dock and
+        # `cnnseg finetune` use for one (gentle lr, self prior), not finetune's bare defaults
         finetune(model, image.array, scribbles, seconds=float(args.finetuneSeconds),
-                 progress=progress, device=args.device, precision=train_precision)
+                 progress=progress, device=args.device, precision=train_precision,
+                 **recommended_settings(fresh=False))
         if args.outputModel:
             from ..core.models import save_model
 
