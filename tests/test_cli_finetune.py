@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,6 +120,20 @@ def test_finetune_bad_options_fail_before_training(files, capsys, monkeypatch, e
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not list(tmp.glob("new*"))
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_finetune_refuses_a_read_only_folder_before_training_even_as_root(files, capsys,
+                                                                          monkeypatch):
+    import napari_cnnseg.core.training as training
+
+    tmp, p = files  # /proc takes no new files, whoever asks (os.access says yes to root)
+    monkeypatch.setattr(training, "finetune", lambda *a, **k: pytest.fail("trained anyway"))
+    args = ["finetune", str(p["image"]), "-s", str(p["scr"]), "-m", str(p["model"]),
+            "-o", "/proc/cnnseg-model", "--steps", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "/proc is not writable" in err[0], err
 
 
 def test_finetune_refuses_nan_images_before_training(files, capsys, monkeypatch):

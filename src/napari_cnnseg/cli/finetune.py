@@ -128,9 +128,21 @@ def _check_options(args: argparse.Namespace) -> None:
     if not parent.is_dir():
         raise InputError(f"cannot write -o {args.output}: {parent} is a file, not a folder; "
                          "choose another -o")
-    if not os.access(parent, os.W_OK | os.X_OK):
+    if not _can_write_in(parent):
         raise InputError(f"cannot write -o {args.output}: folder {parent} is not writable; "
                          "choose another -o")
+
+
+def _can_write_in(folder: Path) -> bool:
+    """Whether a file can be created in ``folder``: tried for real with a probe file (as root,
+    ``os.access`` says yes even on a read-only mount, and training would be lost at save)."""
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".cnnseg-write-test-"):
+            return True
+    except OSError:
+        return False
 
 
 def _load_model(spec: str, num_classes: int, in_channels: int):
