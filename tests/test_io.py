@@ -139,6 +139,25 @@ def test_overwrite_is_atomic_and_replaces(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_a_killed_writers_temp_store_is_swept_and_a_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    from napari_cnnseg.core.io._atomic import _host
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(gone.stdout)  # that process has exited
+    path = tmp_path / "probs.zarr"
+    stale = tmp_path / f".probs.zarr.{_host()}-{dead_pid}-0123abcd.tmp.zarr"
+    live = tmp_path / f".probs.zarr.{_host()}-1-0123abcd.tmp.zarr"  # pid 1 always runs
+    other = tmp_path / f".probs.zarr.otherhost-{dead_pid}-0123abcd.tmp.zarr"  # not ours to judge
+    for d in (stale, live, other):
+        (d / "0").mkdir(parents=True)
+    write_volume(path, oblique_volume(seed=1))
+    assert path.is_dir() and not stale.exists() and live.exists() and other.exists()
+
+
 # ----------------------------------------------------------------------------- foreign files
 
 
