@@ -105,11 +105,15 @@ class ScribbleSampler:
         self.image = np.pad(image, pad, mode="reflect" if min(spatial) > 1 else "edge")
         self.labels = np.pad(scribbles, [(0, int(g)) for g in grow], mode="constant")
         self.out_space = spatial + grow  # grid on which output crops start
-        painted = np.unique(self.labels[self.labels > 0])
+        # one pass over the volume (painted voxels are few), not one comparison per class
+        flat = np.flatnonzero(self.labels)
+        values = self.labels.reshape(-1)[flat]
+        painted = np.unique(values)
         if painted.size == 0:
             raise InputError("no voxel is painted: paint at least one scribble before fine-tuning")
         self.classes = [int(c) for c in painted]
-        self.coords = {c: np.argwhere(self.labels == c) for c in self.classes}
+        self.coords = {c: np.stack(np.unravel_index(flat[values == c], self.labels.shape), 1)
+                       for c in self.classes}
         self._turn = int(self.rng.integers(len(self.classes)))
 
     def _origin(self, voxel: np.ndarray) -> np.ndarray:
