@@ -254,6 +254,8 @@ class Session:
         about = str(meta.get("description") or self.model_source or arch)
         if len(about) > 60:
             about = about[:57].rstrip() + "…"
+        if self._tuned:  # what the weights are now, not only where they came from
+            about += f"; fine-tuned {self._tuned}× here"
         lines = [f"{family} ({about})"]
         rf = self.receptive_field()
         if rf is not None:
