@@ -301,7 +301,7 @@ def test_finetune_uses_the_measured_recipe_for_the_model_start(session, phantom,
     assert session.model_is_fresh
     session.finetune(scr, **small)  # an untrained net: the fresh recipe
     assert not session.model_is_fresh  # fine-tuned once: a trained net from now on
-    assert "fine-tuned 1× here" in session.describe_model().splitlines()[0]
+    assert session.describe_model().splitlines()[0].endswith("(new, fine-tuned 1× here)")
     session.finetune(scr, **small)
     assert session.undo() and not session.model_is_fresh
     assert session.undo() and session.model_is_fresh  # back to the untrained weights

@@ -255,7 +255,8 @@ class Session:
         if len(about) > 60:
             about = about[:57].rstrip() + "…"
         if self._tuned:  # what the weights are now, not only where they came from
-            about += f"; fine-tuned {self._tuned}× here"
+            tuned = f"fine-tuned {self._tuned}× here"
+            about = f"new, {tuned}" if self._untrained else f"{about}; {tuned}"
         lines = [f"{family} ({about})"]
         rf = self.receptive_field()
         if rf is not None:
