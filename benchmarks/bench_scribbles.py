@@ -93,8 +93,11 @@ def compact_labels(labels: np.ndarray) -> np.ndarray:
 
 def recipe(args: argparse.Namespace, fresh: bool) -> dict[str, Any]:
     """lr and prior for a fresh or trained net (``core.training.recommended_settings``, the
-    recipe the GUI and ``cnnseg finetune`` use), with ``--lr`` / ``--prior`` on top if given."""
+    recipe the GUI and ``cnnseg finetune`` use), with ``--lr`` / ``--prior`` / ``--batch`` on top
+    if given (``--batch`` applies to every round)."""
     out = recommended_settings(fresh)
+    if args.batch is not None:
+        out["batch_size"] = args.batch
     if args.lr is not None:
         out["lr"] = args.lr
     if args.prior:
@@ -167,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="base width of the fresh U-Net (default 16; recipe studies)")
     p.add_argument("--depth", type=int, default=2,
                    help="levels of the fresh U-Net (default 2; recipe studies)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="crops per training step in every round (default: finetune's 4; recipe studies)")
     p.add_argument("--fresh-recipe-every-round", action="store_true",
                    help="a fresh net keeps lr 2e-3 + background prior in rounds 2+ too (the "
                         "default before 2026-11-26 07:57; recipe studies)")
@@ -178,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.rounds is None:
         args.rounds = 2 if args.quick else 3
+    if args.quick and args.batch is None:
+        args.batch = 2
     if args.quick and args.steps_per_round is None:
         args.steps_per_round = 2
     width = args.width or (8 if args.quick else 16)
@@ -203,8 +210,6 @@ def main(argv: list[str] | None = None) -> int:
     ft.update(recipe(args, fresh=not args.model))
     if args.steps_per_round is not None:
         ft["steps"] = args.steps_per_round
-    if args.quick:
-        ft["batch_size"] = 2
 
     rf = None
     t_feat = 0.0
