@@ -203,7 +203,8 @@ def run(args: argparse.Namespace) -> int:
                                                  and args.seconds is not None)
     history = finetune(
         model, np.asarray(image.array), scribbles, steps=args.steps, seconds=args.seconds,
-        lr=recipe["lr"] if args.lr is None else args.lr, batch_size=args.batch, crop_shape=tuple(args.crop) if args.crop else None,
+        lr=recipe["lr"] if args.lr is None else args.lr, batch_size=args.batch,
+        crop_shape=tuple(args.crop) if args.crop else None,
         prior_weight=DEFAULT_PRIOR_WEIGHT if args.prior_weight is None else args.prior_weight,
         prior=prior,
         device=args.device, precision=args.precision, seed=args.seed, progress=progress,

@@ -37,7 +37,6 @@ from .transfer import adapt_head
 from .unet import EncoderDecoder3D, UNet3D
 
 __all__ = [
-    "interactive_config",
     "PRETRAINED_DIR",
     "DensePatchClassifier",
     "EncoderDecoder3D",
@@ -51,6 +50,7 @@ __all__ = [
     "build_model",
     "classify_patches",
     "default_config",
+    "interactive_config",
     "list_pretrained",
     "load_model",
     "model_meta",
