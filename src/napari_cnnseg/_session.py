@@ -423,23 +423,10 @@ class Session:
     def check_scribbles(self, scribbles: np.ndarray) -> np.ndarray:
         """Validate scribbles (Z, Y, X) on the image grid; values 0..K (k = class k-1)."""
         self.check_ready()
+        from .core.scribbles import check_scribbles  # the one scribble check
+
         scribbles = np.asarray(scribbles)
-        if scribbles.shape != self.spatial_shape:
-            raise InputError(
-                f"scribbles of shape {scribbles.shape} do not lie on the image grid "
-                f"{self.spatial_shape}; use 'Add scribbles layer' to make a matching layer"
-            )
-        if not np.issubdtype(scribbles.dtype, np.integer):
-            raise InputError(f"scribbles must hold integers, got {scribbles.dtype}")
-        k = len(self.class_names)
-        top = int(scribbles.max()) if scribbles.size else 0
-        if top == 0:
-            raise InputError("no scribbles yet: paint a few strokes of at least one class first")
-        if top > k or int(scribbles.min()) < 0:
-            raise InputError(
-                f"scribble values must be 0 (unlabelled) or 1..{k} (class value-1), found {top}; "
-                f"the model has {k} classes"
-            )
+        check_scribbles(scribbles, self.spatial_shape, len(self.class_names), allow_float=False)
         return scribbles
 
     def _push_version(self) -> None:

@@ -110,11 +110,10 @@ def scribbles_on_grid(scribbles: Any, image: Any) -> Any:
             f"the scribbles must be a 3D label map, got shape {scribbles.array.shape}; "
             "export the scribble segment(s) as one label map volume"
         )
-    values = np.asarray(scribbles.array)
-    if not np.issubdtype(values.dtype, np.integer):
-        if not np.all(np.mod(values, 1) == 0):
-            raise InputError("the scribbles must hold integer labels; pass a label map volume")
-        values = values.astype(np.int64)
+    from ..core.scribbles import check_scribbles
+
+    # whole numbers >= 0 (the grid and the class range are checked once, on the image grid)
+    values = check_scribbles(scribbles.array, require_painted=False)
     if scribbles.same_grid(image):
         return values.astype(np.int64, copy=False)
     import SimpleITK as sitk
@@ -211,15 +210,11 @@ def run_segmentation(args: argparse.Namespace, stream: TextIO | None = None) -> 
     _warn_spacing(model_meta(model).get("spacing"), image.spacing)
     scribbles = None
     if finetuning:
-        scribbles = scribbles_on_grid(read_volume(args.scribbles), image)
-        if scribbles.min() < 0 or scribbles.max() > num_classes:
-            raise InputError(
-                f"scribble values must be 0..{num_classes} for this {num_classes}-class model "
-                f"(0 = unpainted, 1 = background, k = class k-1), found "
-                f"{int(scribbles.min())}..{int(scribbles.max())}"
-            )
-        if not scribbles.any():
-            raise InputError("the scribble label map is empty: paint a few voxels of each class")
+        from ..core.scribbles import check_scribbles
+
+        scribbles = check_scribbles(scribbles_on_grid(read_volume(args.scribbles), image),
+                                    image.array.shape[-3:], num_classes,
+                                    what="the scribble label map").astype(np.int64)
     progress(1, 1)
 
     if finetuning:

@@ -189,7 +189,10 @@ def run(args: argparse.Namespace) -> int:
             f"origin {image.origin}); paint them on the image (same shape, spacing, origin and "
             "direction)"
         )
-    scribbles = np.asarray(scrib.array).astype(np.int64)
+    from ..core.scribbles import check_scribbles  # the one scribble check (integers, >= 0, painted)
+
+    scribbles = check_scribbles(scrib.array, image.array.shape[-3:],
+                                what=f"scribbles {Path(args.scribbles).name}").astype(np.int64)
     in_ch = 1 if image.array.ndim == 3 else image.array.shape[0]
     model, fresh = _load_model(args.model, int(scribbles.max()), in_ch)
     k = int(getattr(getattr(model, "source_model", None) or model, "num_classes", 0) or 0)

@@ -249,22 +249,10 @@ def _prepare_inputs(model: nn.Module, image: Any, scribbles: Any,
             f"the model takes {in_ch} channel(s) but the image has {img.shape[0]}; "
             "pick the matching channel(s) or another model"
         )
-    scr = np.asarray(scribbles)
-    if scr.shape != img.shape[1:]:
-        raise InputError(
-            f"scribbles of shape {scr.shape} do not match the image grid {img.shape[1:]}; "
-            "paint the scribbles on the image's own grid"
-        )
-    if not np.issubdtype(scr.dtype, np.integer):
-        if not np.array_equal(scr, np.round(scr)):
-            raise InputError("scribbles must hold integers: 0 = unlabelled, k = class k-1")
-    scr = scr.astype(np.int64)
-    k = int(getattr(model, "num_classes", scr.max()))
-    if scr.min() < 0 or scr.max() > k:
-        raise InputError(
-            f"scribble values must be 0..{k} for a {k}-class model (0 = unlabelled, k = class k-1); "
-            f"found {int(scr.min())}..{int(scr.max())}"
-        )
+    from .scribbles import check_scribbles  # the one scribble check (grid, integers, 0..K)
+
+    k = getattr(model, "num_classes", None)
+    scr = check_scribbles(scribbles, img.shape[1:], None if k is None else int(k)).astype(np.int64)
     spec = dict(normalization) if normalization is not None else _model_normalization(model)
     norm = apply_stats(img, compute_stats(img, spec))
     return norm, scr, spec
