@@ -49,6 +49,11 @@ def read_volume(path: str | os.PathLike, *, channel: int | None = None,
         InputError: 2D image, several channels without ``channel``, non-finite spacing.
     """
     p = Path(path).expanduser()
+    if p.is_symlink() and not p.exists():
+        raise VolumeReadError(
+            f"{p} is a symbolic link to nothing (a broken link or a loop of links); "
+            "give the path of the file itself"
+        )
     if not p.exists():
         raise VolumeReadError(f"{p} does not exist; check the path (current folder: {Path.cwd()})")
     if p.is_dir() and _suffix(p, ZARR_SUFFIXES) is None and not _is_zarr(p):
@@ -67,6 +72,11 @@ def read_volume(path: str | os.PathLike, *, channel: int | None = None,
         raise VolumeReadError(
             f"unknown file type {p.name!r}; supported: {', '.join(READ_SUFFIXES)} "
             "or a DICOM series folder (rename the file or convert it)"
+        )
+    if 0 in vol.spatial_shape:
+        raise InputError(
+            f"{p.name} holds no voxels (shape {vol.shape} has a zero-size axis); a 3D volume "
+            "with at least 2 voxels along each axis is needed"
         )
     if 1 in vol.spatial_shape:
         raise InputError(

@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import InputError, VolumeReadError
 from ._arrays import _check_spatial, _select_channel, _storable
 from ._atomic import _atomic_path
-from ._checks import _check_data_file, _check_nifti
+from ._checks import _check_data_file, _check_nifti, check_claimed_size
 from ._suffixes import SITK_SUFFIXES, _suffix
 from .volume import Volume
 
@@ -100,6 +100,9 @@ def _read_sitk(path: Path, channel: int | None, all_channels: bool) -> Volume:
         reader.ReadImageInformation()
         if reader.GetDimension() < 3:
             _check_spatial(tuple(reader.GetSize())[::-1], path)
+        # refuse an absurd header before ITK allocates the voxels
+        check_claimed_size(tuple(reader.GetSize()), reader.GetNumberOfComponents()
+                           * _sitk_itemsize(reader.GetPixelID()), path)
         image = reader.Execute()
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
@@ -109,6 +112,17 @@ def _read_sitk(path: Path, channel: int | None, all_channels: bool) -> Volume:
             f"{_suffix(path, SITK_SUFFIXES)} file ({detail.strip()[:200]}); re-export it"
         ) from exc
     return volume_from_sitk(image, channel=channel, all_channels=all_channels, path=path)
+
+
+def _sitk_itemsize(pixel_id: int) -> int:
+    """Bytes per component of a SimpleITK pixel type (8 when unknown: errs on the safe side)."""
+    import SimpleITK as sitk
+
+    name = sitk.GetPixelIDValueAsString(pixel_id).lower()
+    for key, size in (("complex", 16), ("64", 8), ("32", 4), ("16", 2), ("8", 1)):
+        if key in name:
+            return size
+    return 8
 
 
 def _read_dicom(folder: Path, channel: int | None, all_channels: bool,

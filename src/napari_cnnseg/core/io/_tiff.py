@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import VolumeReadError
+from ._checks import check_claimed_size
 from ._arrays import _select_channel, _storable, _to_czyx
 from .volume import _NGFF_UNITS, Volume, _geometry_from_record, _portable_metadata, _unit
 
@@ -69,6 +70,7 @@ def _read_tiff(path: Path, channel: int | None, all_channels: bool) -> Volume:
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
+            check_claimed_size(tuple(series.shape), int(np.dtype(series.dtype).itemsize), path)
             data = series.asarray()
             axes = series.axes
             spacing, unit = _tiff_spacing(tif)

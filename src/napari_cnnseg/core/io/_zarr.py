@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import VolumeReadError
+from ._checks import check_claimed_size, check_zarr_chunks
 from ._arrays import _check_spatial, _lazy_czyx, _select_channel, _storable, _to_czyx
 from .volume import _NGFF_UNITS, Volume, _geometry_from_record, _portable_metadata_of, _unit
 
@@ -70,6 +71,10 @@ def _read_zarr(path: Path, channel: int | None, all_channels: bool, lazy: bool =
         _check_spatial(tuple(array.shape), path)
     axes = axes or ("CZYX" if array.ndim == 4 else "ZYX")
     view = _lazy_czyx(array, axes) if lazy else None
+    # untrusted metadata: refuse absurd shapes and chunk grids before reading any voxel
+    itemsize = int(np.dtype(array.dtype).itemsize)
+    check_zarr_chunks(tuple(array.shape), tuple(array.chunks), itemsize, path)
+    check_claimed_size(tuple(array.shape), itemsize, path, in_memory=view is None)
     if view is not None:
         # keep the zarr array (or a view of it): voxels load only when sliced
         data = _select_channel(view, channel, all_channels, path)
