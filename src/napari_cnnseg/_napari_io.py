@@ -7,6 +7,11 @@ napari's ``scale``/``translate`` cannot carry) rides in
 The writers put the data back on that geometry, so an exported segmentation lands exactly on
 its source in any viewer (3D Slicer, ITK-SNAP, ...).
 
+It also holds the Qt-free conversions the docks use (layer -> Volume, geometry keywords, the
+role key that identifies result layers in ``layer.metadata``, the CT display window, the default
+export path): napari may hand a plugin proxies of its viewer and layers
+(``napari.utils._proxies.PublicOnlyProxy``), so nothing here looks at ``type(layer)``.
+
 This module imports neither napari nor Qt at import time: npe2 calls plain functions.
 """
 
@@ -32,6 +37,14 @@ from .core.io import (
 logger = logging.getLogger(__name__)
 
 GEOMETRY_KEY = "cnnseg_geometry"
+#: ``layer.metadata[ROLE_KEY] = {"role": ..., "source": <image layer name>, ...}`` marks the
+#: layers the docks made (labels, probability, uncertainty, scribbles): their identity
+ROLE_KEY = "cnnseg_role"
+#: CT display windows (HU): name -> (low, high) contrast limits
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    "lung": (-1350.0, 150.0),  # W 1500 / L -600
+    "soft tissue": (-160.0, 240.0),  # W 400 / L 40
+}
 #: file names holding one of these (lower case) open as a Labels layer when the data are integers
 LABEL_NAME_HINTS = ("_seg", "seg_", "label", "mask", "annotation")
 #: metadata entries copied from a Volume into layer.metadata (JSON-able, small)
@@ -107,6 +120,142 @@ def layer_to_volume(
         origin = layer_origin or (0.0, 0.0, 0.0)
     direction = geometry.get("direction", np.eye(3))
     return Volume(data, tuple(spacing), tuple(origin), np.asarray(direction, dtype=float), kept)
+
+
+def unwrap(obj: Any) -> Any:
+    """The napari object behind a proxy (napari hands plugins ``PublicOnlyProxy`` wrappers)."""
+    return getattr(obj, "__wrapped__", obj)
+
+
+def layer_volume(layer: Any, channel: int | None = None) -> Volume:
+    """A :class:`Volume` view of an Image layer (no copy for numpy/dask/zarr data).
+
+    Args:
+        layer: napari Image layer (or any proxy of one), data (Z, Y, X) or (C, Z, Y, X).
+        channel: for 4D data, the channel to use; None keeps all channels.
+
+    Raises:
+        InputError: RGB, 2D or more than 4D data, or a channel out of range.
+    """
+    from .core.errors import InputError
+
+    name = layer.name
+    if getattr(layer, "rgb", False):
+        raise InputError(f"layer {name!r} is an RGB image; convert it to grayscale or open the "
+                         "channels as separate layers")
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    if data.ndim == 2:
+        raise InputError(f"layer {name!r} is a 2D image (shape {tuple(data.shape)}); the CNN "
+                         "needs a 3D volume (Z, Y, X): open a volume or a stack of slices")
+    if data.ndim not in (3, 4):
+        raise InputError(f"layer {name!r} has shape {tuple(data.shape)}; expected (Z, Y, X) or "
+                         "(C, Z, Y, X): open channels as separate layers (channel_axis) or crop "
+                         "the time axis")
+    if data.ndim == 4 and channel is not None:
+        if not 0 <= channel < data.shape[0]:
+            raise InputError(f"channel {channel} does not exist: layer {name!r} has {data.shape[0]}")
+        data = data[channel]
+    return layer_to_volume(data, layer.metadata, layer.scale, layer.translate)
+
+
+def layer_source_path(layer: Any) -> str | None:
+    """File the layer was read from (napari's ``layer.source`` or the recorded geometry), if it exists."""
+    path = getattr(getattr(layer, "source", None), "path", None)
+    if not path:
+        path = ((layer.metadata or {}).get(GEOMETRY_KEY) or {}).get("source")
+    if not path or not os.path.exists(str(path)):
+        return None  # e.g. generated sample data: identified by content instead
+    return str(path)
+
+
+def geometry_kwargs(image_layer: Any) -> dict[str, Any]:
+    """``scale`` / ``translate`` (and ``affine`` for 3D layers) of the source layer, (z, y, x)."""
+    kwargs: dict[str, Any] = {
+        "scale": tuple(float(s) for s in image_layer.scale[-3:]),
+        "translate": tuple(float(t) for t in image_layer.translate[-3:]),
+    }
+    if image_layer.ndim == 3:
+        kwargs["affine"] = np.asarray(image_layer.affine.affine_matrix)
+    return kwargs
+
+
+def layer_role(layer: Any) -> dict[str, Any]:
+    """The role record of a layer the docks made (``{}`` for any other layer)."""
+    info = (getattr(layer, "metadata", None) or {}).get(ROLE_KEY)
+    return dict(info) if isinstance(info, dict) else {}
+
+
+def role_metadata(image_layer: Any, role: str, **extra: Any) -> dict[str, Any]:
+    """Metadata for a layer made from ``image_layer``: its geometry record plus the role key."""
+    meta = {k: v for k, v in dict(image_layer.metadata or {}).items() if k != ROLE_KEY}
+    meta[ROLE_KEY] = {"role": role, "source": image_layer.name, **extra}
+    return meta
+
+
+def find_layer(layers: Any, role: str, source: str, **match: Any) -> Any:
+    """The (unwrapped) layer with this role for image ``source``, or None.
+
+    Identity is the role key in ``layer.metadata`` (see :func:`role_metadata`), never the
+    class name or the layer name, so renamed layers and napari's proxies are found too.
+    ``match`` adds more keys that must agree (e.g. ``class_index=1``).
+    """
+    for layer in layers:
+        info = layer_role(layer)
+        if (info.get("role") == role and info.get("source") == source
+                and all(info.get(k) == v for k, v in match.items())):
+            return unwrap(layer)
+    return None
+
+
+def ct_window(array: Any, metadata: dict[str, Any] | None = None) -> tuple[str, tuple[float, float]] | None:
+    """The display window of a CT volume, or None when ``array`` does not look like a CT.
+
+    Rule: a CT is a volume whose metadata say modality CT (DICOM tag 0008|0060), or, without
+    a modality, whose values (sampled on a coarse grid) reach -900 HU or below (air) but not
+    below -3100 and rise to 200 or above (soft tissue/bone): Hounsfield units. A CT where at
+    least 10 % of the samples lie in -950..-400 HU (aerated lung) gets the lung window
+    (-1350..150), any other CT the soft-tissue window (-160..240).
+
+    Args:
+        array: (Z, Y, X) or (C, Z, Y, X) intensities (numpy, dask or zarr; only a sample is read).
+        metadata: the Volume's metadata (``modality`` or ``header["0008|0060"]``).
+    """
+    metadata = metadata or {}
+    header = metadata.get("header") or {}
+    modality = str(metadata.get("modality") or header.get("0008|0060") or "").strip().upper()
+    if modality and modality != "CT":
+        return None
+    steps = tuple(max(1, n // 32) for n in array.shape)
+    sample = np.asarray(array[tuple(slice(None, None, s) for s in steps)], dtype=np.float32)
+    if sample.size == 0 or not np.isfinite(sample).all():
+        return None
+    lo, hi = float(sample.min()), float(sample.max())
+    if modality != "CT" and not (-3100.0 <= lo <= -900.0 and hi >= 200.0):
+        return None
+    lung = float(np.mean((sample >= -950.0) & (sample <= -400.0)))
+    name = "lung" if lung >= 0.10 else "soft tissue"
+    return name, CT_WINDOWS[name]
+
+
+def default_output_path(source_path: str | None, image_name: str, what: str,
+                        suffix: str | None = None) -> str:
+    """Where a save dialog starts: beside the source file, named after it, in its format.
+
+    ``what`` is appended to the stem (``lung1_image_labels.nrrd``); ``suffix`` forces a format
+    (e.g. ``.safetensors``). Without a source file: the home folder and NIfTI.
+    """
+    from .core.io import WRITE_SUFFIXES as writable
+
+    if source_path:
+        src = Path(source_path)
+        folder = src.parent  # a DICOM folder: beside it
+        stem = _stem(src)
+        own = next((s for s in sorted(writable, key=len, reverse=True)
+                    if src.name.lower().endswith(s)), None)
+    else:
+        folder, stem, own = Path.home(), image_name, None
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem) or "image"
+    return str(folder / f"{safe}_{what}{suffix or own or '.nii.gz'}")
 
 
 def _stem(path: str | os.PathLike) -> str:
@@ -186,6 +335,10 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
         else:
             if volume.array.ndim == 4:
                 kwargs["channel_axis"] = 0
+            window = ct_window(volume.array, volume.metadata)
+            if window is not None:
+                kwargs["contrast_limits"] = window[1]
+                kwargs["metadata"]["cnnseg_window"] = window[0]
             layers.append((volume.array, kwargs, "image"))
     return layers
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,10 @@ FAMILIES: dict[str, str] = {
     "encoder_decoder": "Encoder-decoder",
     "multiscale": "Multi-scale",
 }
+
+#: live previews during fine-tuning take at most this share of the training time
+LIVE_REFRESH_MAX_SHARE = 0.2
+
 
 def warm_up_training() -> None:
     """Pay torch's one-time optimiser start-up cost (it imports ``torch._dynamo``, ~1-3 s).
@@ -435,6 +440,11 @@ class Session:
         del self._versions[: -self.max_versions]
 
     @property
+    def tuned_rounds(self) -> int:
+        """Fine-tuning rounds applied to the current model in this session (Undo steps back)."""
+        return self._tuned
+
+    @property
     def can_undo(self) -> bool:
         """True if a previous model version exists."""
         return bool(self._versions)
@@ -455,6 +465,7 @@ class Session:
         steps: int | None = None,
         seconds: float | None = None,
         refresh_every: int = 5,
+        refresh_seconds: float | None = None,
         region: Callable[[], Roi | None] | None = None,
         on_region: Callable[[RegionUpdate], None] | None = None,
         on_loss: Callable[[int, float], None] | None = None,
@@ -467,16 +478,22 @@ class Session:
         """Fine-tune the current model on ``scribbles`` with live region refreshes.
 
         The weights before training are pushed on the Undo stack. After the first training step
-        and then every ``refresh_every`` steps, the region returned by ``region()`` (e.g. the
-        visible slice) is predicted with the current weights and passed to ``on_region``, so the
-        user sees the effect of the new strokes after one step. Stopping (``cancel()`` True)
+        and then every ``refresh_seconds`` (or every ``refresh_every`` steps), the region
+        returned by ``region()`` (e.g. the visible slice) is predicted with the current weights
+        and passed to ``on_region``, so the user sees the effect of the new strokes after one
+        step. Stopping (``cancel()`` True)
         keeps the weights reached so far. With ``refresh`` the whole volume is predicted
         afterwards and stored in :attr:`results`.
 
         Args:
             scribbles: (Z, Y, X) int array, 0 = unlabelled, k = class k-1.
             steps, seconds: training budget (see ``core.training.finetune``).
-            refresh_every: training steps between live refreshes (>= 1).
+            refresh_every: training steps between live refreshes (>= 1), when
+                ``refresh_seconds`` is None.
+            refresh_seconds: seconds between live refreshes (the dock uses 1.5). The pause
+                also stretches to 1 / :data:`LIVE_REFRESH_MAX_SHARE` times the last refresh's
+                cost, so previews never take more than that share of the training time. The
+                time budget ``seconds`` stays wall-clock time, previews included.
             region: returns the roi (z, y, x slices) to refresh live, or None to skip.
             on_region: receives each :class:`RegionUpdate` (called in the training thread).
             on_loss: receives ``(step, loss)`` after every step (training thread).
@@ -495,6 +512,14 @@ class Session:
         self._push_version()
         model = self.model
         last = [0]
+        next_at = [0.0]  # perf_counter time of the next due refresh (refresh_seconds)
+
+        def _due(done: int) -> bool:
+            if done == 1:
+                return True
+            if refresh_seconds is None:
+                return done - last[0] >= every
+            return time.perf_counter() >= next_at[0]
 
         def _on_step(done: int, total: int) -> None:
             # called by the trainer after every optimisation step (weights consistent)
@@ -504,13 +529,17 @@ class Session:
                 progress(done, total)
             if on_loss is not None and outcome.history.losses:
                 on_loss(done, float(outcome.history.losses[-1]))
-            if region is None or on_region is None or not (done == 1 or done - last[0] >= every):
+            if region is None or on_region is None or not _due(done):
                 return
             roi = region()
             if roi is not None:
                 last[0] = done
+                t0 = time.perf_counter()
                 on_region(self.predict_region(roi))
                 outcome.region_updates += 1
+                now = time.perf_counter()
+                pause = max(float(refresh_seconds or 0.0), (now - t0) / LIVE_REFRESH_MAX_SHARE)
+                next_at[0] = now + pause
 
         try:
             finetune(

@@ -1,7 +1,8 @@
 """The one threading seam of the docks: run a long job off the GUI thread, or inline for tests.
 
 A job is a plain function ``fn(ctx)`` that calls ``ctx.progress(done, total)``, polls
-``ctx.cancel()`` and may ``ctx.emit(obj)`` intermediate results. :func:`start_job` runs it in a
+``ctx.cancel()`` and may ``ctx.call(fn, *args)`` (run ``fn(*args)`` on the GUI thread, e.g. to
+show an intermediate result) or ``ctx.emit(obj)`` (hand ``obj`` to ``on_event``). :func:`start_job` runs it in a
 napari worker thread (``napari.qt.threading.create_worker``) and delivers progress, emitted
 objects, the return value and errors to callbacks **on the GUI thread**, and shows a bar in
 napari's activity dock (``napari.utils.progress``).
@@ -33,6 +34,14 @@ class _Failure:
         self.exc = exc
 
 
+class _Call:
+    """A function call the job hands to the GUI thread (:meth:`JobContext.call`)."""
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.fn = fn
+        self.args = args
+
+
 class JobContext:
     """What a job function receives: progress/cancel callables and an ``emit`` channel."""
 
@@ -50,6 +59,10 @@ class JobContext:
     def emit(self, obj: Any) -> None:
         """Send an intermediate result to the job's ``on_event`` (on the GUI thread)."""
         self._job._event(obj)
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the GUI thread (queued; inline when synchronous)."""
+        self._job._event(_Call(fn, args))
 
 
 class _Bridge(QObject):
@@ -101,6 +114,13 @@ class Job:
     def _event(self, obj: Any) -> None:
         if self._bridge is not None:
             self._bridge.emitted.emit(obj)
+        else:
+            self._deliver(obj)
+
+    def _deliver(self, obj: Any) -> None:
+        """GUI thread: run a queued call, or hand an emitted object to ``on_event``."""
+        if isinstance(obj, _Call):
+            obj.fn(*obj.args)
         elif self._on_event is not None:
             self._on_event(obj)
 
@@ -167,8 +187,7 @@ class Job:
 
         self._bridge = _Bridge()
         self._bridge.progressed.connect(self._gui_progress)
-        if self._on_event is not None:
-            self._bridge.emitted.connect(self._on_event)
+        self._bridge.emitted.connect(self._deliver)
         self.worker = create_worker(self._run, _start_thread=False)
         self.worker.returned.connect(self._returned)
         self.worker.finished.connect(self._finished)
@@ -201,6 +220,7 @@ def start_job(
         on_error=on_error,
         on_finally=on_finally,
     )
+    job.running = True  # busy from now on, also for listeners told in on_created
     if on_created is not None:
         on_created(job)
     return job.start()

@@ -4,6 +4,9 @@ Thin over :class:`~napari_cnnseg._session.Session` (shared with the Fine-tune do
 viewer's :class:`~napari_cnnseg._widgets._shared.Controller`). Long work runs through
 :mod:`._worker` (a napari worker thread, or inline with ``CNNSEG_SYNC=1``).
 
+The dock is a :class:`._base.JobDock` (job, progress, errors and busy buttons shared with the
+Fine-tune dock); layers are found and updated by :mod:`._layers`.
+
 Scripting / tests use the same methods the buttons call: :meth:`SegmentWidget.set_image_layer`,
 :meth:`~SegmentWidget.choose_pretrained`, :meth:`~SegmentWidget.choose_new`,
 :meth:`~SegmentWidget.load_checkpoint`, :meth:`~SegmentWidget.segment`,
@@ -14,6 +17,7 @@ Scripting / tests use the same methods the buttons call: :meth:`SegmentWidget.se
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,26 +34,18 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._session import FAMILIES
-from ..core.errors import Cancelled, CnnsegError, InputError
+from .._napari_io import default_output_path, layer_role, unwrap
+from ..core.errors import CnnsegError, InputError
 from . import _worker
-from ._layout import button_row, progress_and_status
-from ._shared import controller_for, notify_error, notify_info, show_results
+from ._base import JobDock
+from ._layers import show_results
+from ._layout import button_row
+from ._model_picker import ModelPicker, plain_description
 
 logger = logging.getLogger(__name__)
 
 _ALL_CHANNELS = "all channels"
 PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def _list_pretrained() -> list[str]:
-    try:
-        from ..core.models import list_pretrained
-
-        return list(list_pretrained())
-    except Exception:  # noqa: BLE001 - no shipped models yet is not an error
-        logger.debug("no shipped models", exc_info=True)
-        return []
 
 
 def _available_devices() -> list[str]:
@@ -61,25 +57,21 @@ def _available_devices() -> list[str]:
         return ["auto", "cpu"]
 
 
-class SegmentWidget(QWidget):
+class SegmentWidget(ModelPicker, JobDock):
     """Dock widget: pick image, model, device; Segment / Cancel; export results.
 
     Args:
-        napari_viewer: the viewer (injected by napari when opened from the Plugins menu).
+        napari_viewer: the viewer or napari's proxy of it (what the Plugins menu hands over).
     """
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.viewer = napari_viewer
-        self.ctrl = controller_for(napari_viewer)
-        self.session = self.ctrl.session
-        self.last_error: str | None = None
+        super().__init__(napari_viewer, parent)
         self.last_layers: dict[str, Any] = {}
         self._build()
         self._connect()
         self._refresh_image_choices()
         self._refresh_model_choices()
-        self._update_buttons()
+        self.update_buttons()
 
     # ---------------------------------------------------------------- layout
     def _build(self) -> None:
@@ -143,7 +135,7 @@ class SegmentWidget(QWidget):
         root.addWidget(self.advanced)
 
         self.segment_btn, self.cancel_btn = button_row(root, "Segment", "Cancel")
-        self.progress, self.status = progress_and_status(root)
+        self.add_progress(root)
         self.export_labels_btn, self.export_probs_btn = button_row(
             root, "Export labels…", "Export probabilities…"
         )
@@ -163,7 +155,8 @@ class SegmentWidget(QWidget):
         self.cancel_btn.clicked.connect(self.cancel)
         self.export_labels_btn.clicked.connect(lambda: self.export_labels())
         self.export_probs_btn.clicked.connect(lambda: self.export_probabilities())
-        self.ctrl.subscribe(self._on_controller)
+        self.ctrl.model_changed.connect(self._on_model_changed)
+        self.ctrl.results_changed.connect(self.update_buttons)
 
     # ---------------------------------------------------------------- image choice
     def _image_layers(self) -> list[Any]:
@@ -173,11 +166,7 @@ class SegmentWidget(QWidget):
 
     def _refresh_image_choices(self, event: Any = None) -> None:
         current = self.image_combo.currentText()
-        names = [
-            layer.name
-            for layer in self._image_layers()
-            if (layer.metadata or {}).get("cnnseg_role") is None
-        ]
+        names = [layer.name for layer in self._image_layers() if not layer_role(layer)]
         self.image_combo.blockSignals(True)
         self.image_combo.clear()
         self.image_combo.addItems(names)
@@ -188,7 +177,7 @@ class SegmentWidget(QWidget):
 
     def _selected_layer(self) -> Any:
         name = self.image_combo.currentText()
-        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+        return unwrap(self.viewer.layers[name]) if name and name in self.viewer.layers else None
 
     def _on_image_changed(self, *args: Any) -> None:
         layer = self._selected_layer()
@@ -230,125 +219,6 @@ class SegmentWidget(QWidget):
         if channel is not None:
             self.channel_combo.setCurrentText(f"channel {channel}")
 
-    # ---------------------------------------------------------------- model choice
-    def _refresh_model_choices(self) -> None:
-        self.model_combo.blockSignals(True)
-        self.model_combo.clear()
-        self.model_combo.addItem("— choose a model —", ("none", ""))
-        for name in _list_pretrained():
-            self.model_combo.addItem(f"Shipped: {name}", ("pretrained", name))
-        self.model_combo.addItem("Load checkpoint…", ("checkpoint", ""))
-        for family, label in FAMILIES.items():
-            self.model_combo.addItem(f"New untrained {label}", ("new", family))
-        self.model_combo.blockSignals(False)
-        self._show_class_editors(False)
-
-    def _show_class_editors(self, show: bool) -> None:
-        for w in (self.classes_spin, self.names_edit, self.classes_label, self.names_label):
-            w.setVisible(show)
-
-    def _on_model_activated(self, index: int) -> None:
-        kind, value = self.model_combo.itemData(index) or ("none", "")
-        if kind == "pretrained":
-            self.choose_pretrained(value)
-        elif kind == "checkpoint":
-            path, _ = QFileDialog.getOpenFileName(
-                self, "Load checkpoint", "", "Checkpoints (*.safetensors *.json);;All files (*)"
-            )
-            if path:
-                self.load_checkpoint(path)
-            else:  # dialog cancelled: show the model still in use
-                self._sync_model_entry()
-        elif kind == "new":
-            self.choose_new(value)
-
-    def _class_names(self) -> list[str]:
-        k = self.classes_spin.value()
-        names = [n.strip() for n in self.names_edit.text().split(",") if n.strip()]
-        names = names[:k] + [f"class {i}" for i in range(len(names), k)]
-        if names:
-            names[0] = names[0] or "background"
-        return names
-
-    def _on_classes_changed(self, value: int) -> None:
-        names = self._class_names()
-        self.names_edit.setText(", ".join(names))
-        self._rebuild_new()
-
-    def _on_names_edited(self) -> None:
-        names = [n.strip() for n in self.names_edit.text().split(",") if n.strip()]
-        if len(names) >= 2 and len(names) != self.classes_spin.value():
-            self.classes_spin.blockSignals(True)
-            self.classes_spin.setValue(len(names))
-            self.classes_spin.blockSignals(False)
-        self._rebuild_new()
-
-    def _rebuild_new(self) -> None:
-        kind, value = self.model_combo.currentData() or ("none", "")
-        if kind == "new":
-            self.choose_new(value)
-
-    def _select_entry(self, kind: str, value: str) -> None:
-        for i in range(self.model_combo.count()):
-            if self.model_combo.itemData(i) == (kind, value):
-                self.model_combo.setCurrentIndex(i)
-                return
-        if kind == "checkpoint":
-            self.model_combo.addItem(f"Checkpoint: {Path(value).name}", (kind, value))
-            self.model_combo.setCurrentIndex(self.model_combo.count() - 1)
-
-    def _guard_busy(self) -> bool:
-        if self.ctrl.busy:
-            self._error(InputError("a job is running: wait for it or press Cancel / Stop first"))
-            return True
-        return False
-
-    def choose_pretrained(self, name: str) -> bool:
-        """Use the shipped model ``name``; returns False (and notifies) on failure."""
-        return self._set_model(lambda: self.session.load_model(name), ("pretrained", name))
-
-    def load_checkpoint(self, path: str | Path) -> bool:
-        """Use the checkpoint at ``path``; a corrupt file gives a notification, not a crash."""
-        return self._set_model(lambda: self.session.load_model(path), ("checkpoint", str(path)))
-
-    def choose_new(
-        self,
-        family: str,
-        class_names: list[str] | None = None,
-        **config: Any,
-    ) -> bool:
-        """Use a new untrained network of ``family`` with ``class_names`` (default: the dock's)."""
-        if class_names is not None:
-            self.classes_spin.blockSignals(True)
-            self.classes_spin.setValue(len(class_names))
-            self.classes_spin.blockSignals(False)
-            self.names_edit.setText(", ".join(class_names))
-        names = class_names or self._class_names()
-        in_channels = int(config.pop("in_channels", 0)) or self._probe_channels()
-        return self._set_model(
-            lambda: self.session.new_model(family, names, in_channels=in_channels, **config),
-            ("new", family),
-        )
-
-    def _probe_channels(self) -> int:
-        layer = self._selected_layer()
-        if layer is None or layer.data.ndim != 4 or self._selected_channel() is not None:
-            return 1
-        return int(layer.data.shape[0])
-
-    def _set_model(self, make: Any, entry: tuple[str, str]) -> bool:
-        if self._guard_busy():
-            return False
-        try:
-            make()
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a notification
-            self._error(exc)
-            return False
-        self._select_entry(*entry)
-        self._show_class_editors(entry[0] == "new")
-        self.ctrl.changed("model")
-        return True
-
     # ---------------------------------------------------------------- segment
     def _predict_options(self) -> dict[str, Any]:
         tile = self.tile_spin.value() if self.advanced.isChecked() else 0
@@ -374,104 +244,47 @@ class SegmentWidget(QWidget):
 
     def segment(self) -> Any:
         """Run Segment on the chosen image; returns the job (None if it could not start)."""
-        if self._guard_busy():
+        if self.guard_busy():
             return None
         try:
             layer = self.prepare()
         except Exception as exc:  # noqa: BLE001
-            self._error(exc)
+            self.report(exc)
             return None
-        self.last_error = None
         session = self.session
         self.status.setText(f"Segmenting {layer.name}…")
+        t0 = time.perf_counter()
 
         def work(ctx: _worker.JobContext) -> Any:
             return session.segment(progress=ctx.progress, cancel=ctx.cancel)
 
         def done(results: Any) -> None:
+            self.ctrl.segment_seconds = time.perf_counter() - t0
             self.last_layers = show_results(self.viewer, layer, session)
             self.status.setText(
-                f"Done: {layer.name} labels + {len(session.class_names)} response maps."
+                f"Done in {self.ctrl.segment_seconds:.1f} s: {layer.name} labels + "
+                f"{len(session.class_names)} response maps."
             )
-            self.ctrl.changed("results")
+            self.ctrl.results_changed.emit()
 
-        self.ctrl.job = _worker.start_job(
-            work,
-            desc=f"Segment {layer.name}",
-            on_progress=self._on_progress,
-            on_done=done,
-            on_error=self._error,
-            on_finally=self._job_finished,
-            on_created=self._register_job,
-        )
-        self._update_buttons()
-        return self.ctrl.job
+        return self.start(work, desc=f"Segment {layer.name}", on_done=done)
 
-    def cancel(self) -> None:
-        """Stop the running job (Segment, fine-tune refresh) at its next check."""
-        if self.ctrl.job is not None and self.ctrl.job.running:
-            self.ctrl.job.cancel()
-            self.status.setText("Cancelling…")
+    def _on_model_changed(self) -> None:
+        self._sync_model_entry()
+        self.description.setText(plain_description(self.session))
+        tip = self.session.describe_model() if self.session.model is not None else ""
+        self.description.setToolTip(tip)
+        self.update_buttons()
 
-    def _on_progress(self, done: int, total: int) -> None:
-        self.progress.setRange(0, max(total, 1))
-        self.progress.setValue(min(done, max(total, 1)))
-
-    def _register_job(self, job: Any) -> None:
-        self.ctrl.job = job
-        self.ctrl.changed("busy")
-
-    def _job_finished(self) -> None:
-        self._update_buttons()
-        self.ctrl.changed("busy")
-
-    def _error(self, exc: BaseException | str) -> None:
-        if isinstance(exc, Cancelled):
-            self.last_error = None
-            self.status.setText("Cancelled; no layer was changed.")
-            notify_info(str(exc))
-            return
-        self.last_error = notify_error(exc)
-        self.status.setText(f"Error: {self.last_error}")
-
-    def _on_controller(self, what: str) -> None:
-        if what == "model":
-            self._sync_model_entry()
-        if what in ("model", "results", "busy"):
-            self.description.setText(self.session.describe_model())
-            if self.session.model is not None:
-                self.description.setToolTip(str(self.session.meta.get("description") or ""))
-            self._update_buttons()
-
-    def _sync_model_entry(self) -> None:
-        """Show the session's model in the picker (also when set by script or the other dock)."""
-        source = self.session.model_source
-        if self.session.model is None or not source:
-            self.model_combo.setCurrentIndex(0)
-            return
-        if source.startswith("new "):
-            entry = ("new", source[4:])
-        elif any(self.model_combo.itemData(i) == ("pretrained", source)
-                 for i in range(self.model_combo.count())):
-            entry = ("pretrained", source)
-        else:
-            entry = ("checkpoint", source)
-        if self.model_combo.currentData() != entry:
-            self.model_combo.blockSignals(True)
-            self._select_entry(*entry)
-            self.model_combo.blockSignals(False)
-        self._show_class_editors(entry[0] == "new")
-
-    def _update_buttons(self) -> None:
+    def update_buttons(self) -> None:
+        """Segment / model choice / export only while no job runs; Cancel only while one does."""
         busy = self.ctrl.busy
         self.segment_btn.setEnabled(not busy)
         self.cancel_btn.setEnabled(busy)
+        self.model_combo.setEnabled(not busy)
         has = self.session.results is not None
         self.export_labels_btn.setEnabled(has and not busy)
         self.export_probs_btn.setEnabled(has and not busy)
-        if not busy:
-            self.progress.setRange(0, 1)
-            self.progress.setValue(1 if has else 0)
 
     # ---------------------------------------------------------------- export
     def _export(self, what: str, path: str | Path | None) -> Path | None:
@@ -483,7 +296,7 @@ class SegmentWidget(QWidget):
                 path, _ = QFileDialog.getSaveFileName(
                     self,
                     f"Export {what}",
-                    f"{self.session.image_name}_{what}.nii.gz",
+                    self.default_path(what),
                     "Volumes (*.nii.gz *.nii *.nrrd *.mha *.tif *.zarr)",
                 )
                 if not path:
@@ -495,10 +308,14 @@ class SegmentWidget(QWidget):
             volume = self.session.volume.with_array(array, **meta)
             out = write_volume(path, volume)
         except Exception as exc:  # noqa: BLE001
-            self._error(exc)
+            self.report(exc)
             return None
         self.status.setText(f"Saved {what} to {out}")
         return Path(out)
+
+    def default_path(self, what: str) -> str:
+        """Where the export dialog starts: beside the source file, in its format."""
+        return default_output_path(self.session.source_path, self.session.image_name, what)
 
     def export_labels(self, path: str | Path | None = None) -> Path | None:
         """Write the label map (uint8 class indices) on the source geometry; asks if no path."""
