@@ -214,7 +214,7 @@ def run_segmentation(args: argparse.Namespace, stream: TextIO | None = None) -> 
 
         scribbles = check_scribbles(scribbles_on_grid(read_volume(args.scribbles), image),
                                     image.array.shape[-3:], num_classes,
-                                    what="the scribble label map").astype(np.int64)
+                                    what="the scribbles").astype(np.int64)
     progress(1, 1)
 
     if finetuning:
