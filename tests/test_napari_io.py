@@ -6,9 +6,18 @@ import numpy as np
 import pytest
 
 from napari_cnnseg._napari_io import (
+    CT_WINDOWS,
     GEOMETRY_KEY,
+    ROLE_KEY,
+    ct_window,
+    default_output_path,
+    find_layer,
     get_reader,
+    layer_role,
     layer_to_volume,
+    layer_volume,
+    role_metadata,
+    unwrap,
     sample_brain_mri,
     sample_phantom,
     volume_to_layer_kwargs,
@@ -129,6 +138,97 @@ def test_sample_data_hooks():
         assert ikw["scale"] == lkw["scale"] and ikw["translate"] == lkw["translate"]
         assert len(lkw["metadata"]["class_names"]) == names
         assert int(lab.max()) == names - 1
+
+
+def _layer(data, name="scan", **meta):
+    """A stand-in for a napari Image layer (the conversions use only public attributes)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(name=name, data=data, metadata=meta, scale=(2.0, 1.0, 0.5),
+                           translate=(0.0, 1.0, 2.0), rgb=False, multiscale=False)
+
+
+def _ct(fraction_lung: float) -> np.ndarray:
+    """A (16, 32, 32) int16 HU volume: air -1024, tissue 40, bone 1000, some lung at -800."""
+    rng = np.random.default_rng(0)
+    vol = np.full((16, 32, 32), 40, np.int16)
+    vol[:, :, :2] = -1024
+    vol[:, :2, :] = 1000
+    vol[rng.random(vol.shape) < fraction_lung] = -800
+    return vol
+
+
+def test_ct_window_rule():
+    assert ct_window(_ct(0.3)) == ("lung", CT_WINDOWS["lung"])
+    assert ct_window(_ct(0.0)) == ("soft tissue", CT_WINDOWS["soft tissue"])
+    mri = np.random.default_rng(0).integers(0, 1500, (16, 32, 32)).astype(np.int16)
+    assert ct_window(mri) is None  # no HU range, no modality: leave napari's auto contrast
+    assert ct_window(mri, {"header": {"0008|0060": "CT"}}) is not None  # modality wins
+    assert ct_window(_ct(0.3), {"modality": "MR"}) is None
+    assert ct_window(np.full((4, 4, 4), np.nan, np.float32)) is None
+
+
+def test_reader_opens_ct_with_a_window(tmp_path):
+    path = str(write_volume(tmp_path / "chest.nrrd", Volume(_ct(0.3), spacing=(5.0, 0.6, 0.6))))
+    (_, kwargs, kind), = get_reader(path)(path)
+    assert kind == "image" and kwargs["contrast_limits"] == CT_WINDOWS["lung"]
+    assert kwargs["metadata"]["cnnseg_window"] == "lung"
+    path = str(write_volume(tmp_path / "t1.nii.gz", Volume(np.ones((4, 5, 6), np.float32))))
+    (_, kwargs, _), = get_reader(path)(path)
+    assert "contrast_limits" not in kwargs
+
+
+def test_default_output_path_beside_the_source_in_its_format(tmp_path, monkeypatch):
+    src = tmp_path / "lung1_image.nrrd"
+    assert default_output_path(str(src), "lung1_image", "labels") == str(
+        tmp_path / "lung1_image_labels.nrrd")
+    assert default_output_path(str(tmp_path / "a.nii.gz"), "a", "probabilities") == str(
+        tmp_path / "a_probabilities.nii.gz")
+    assert default_output_path(str(src), "x", "model", ".safetensors").endswith(
+        "lung1_image_model.safetensors")
+    assert default_output_path(str(tmp_path / "series"), "s", "labels").endswith(
+        "series_labels.nii.gz")  # a DICOM folder: beside it, NIfTI
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    out = default_output_path(None, "brain T1/crop", "labels")
+    assert out == str(tmp_path / "home" / "brain_T1_crop_labels.nii.gz")
+
+
+def test_layers_are_found_by_role_key_through_proxies():
+    wrapt = pytest.importorskip("wrapt")  # what napari's PublicOnlyProxy is built on
+
+    image = _layer(np.zeros((3, 4, 5), np.float32), spacing=1)
+    labels = _layer(np.zeros((3, 4, 5), np.uint8), name="renamed by the user",
+                    **role_metadata(image, "labels"))
+    prob1 = _layer(None, name="scan p(a)", **role_metadata(image, "probability", class_index=1))
+    other = _layer(None, name="scan labels", **role_metadata(_layer(None, name="b"), "labels"))
+    layers = [wrapt.ObjectProxy(x) for x in (image, other, labels, prob1)]  # as napari hands them
+    assert find_layer(layers, "labels", "scan") is labels  # unwrapped, whatever its name
+    assert find_layer(layers, "probability", "scan", class_index=1) is prob1
+    assert find_layer(layers, "probability", "scan", class_index=0) is None
+    assert find_layer(layers, "scribbles", "scan") is None
+    assert layer_role(layers[0]) == {} and layer_role(layers[2])["role"] == "labels"
+    assert unwrap(layers[2]) is labels and unwrap(labels) is labels
+    assert role_metadata(image, "labels")["spacing"] == 1  # the image's metadata is kept
+    assert ROLE_KEY not in image.metadata
+
+
+def test_layer_volume_conversion_and_refusals():
+    from napari_cnnseg.core.errors import InputError
+
+    vol = layer_volume(_layer(np.zeros((3, 4, 5), np.float32)))
+    assert vol.spacing == (2.0, 1.0, 0.5) and vol.origin == (0.0, 1.0, 2.0)
+    two = layer_volume(_layer(np.zeros((2, 3, 4, 5), np.float32)), channel=1)
+    assert two.array.shape == (3, 4, 5)
+    assert layer_volume(_layer(np.zeros((2, 3, 4, 5)))).array.shape == (2, 3, 4, 5)
+    for data, channel, words in ((np.zeros((4, 5)), None, "2D"),
+                                 (np.zeros((1, 2, 3, 4, 5)), None, "expected"),
+                                 (np.zeros((2, 3, 4, 5)), 2, "channel 2")):
+        with pytest.raises(InputError, match=words):
+            layer_volume(_layer(data), channel)
+    rgb = _layer(np.zeros((3, 4, 5)))
+    rgb.rgb = True
+    with pytest.raises(InputError, match="RGB"):
+        layer_volume(rgb)
 
 
 # ----------------------------------------------------------------------------- through napari

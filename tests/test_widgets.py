@@ -239,3 +239,17 @@ def test_worker_sync_switch_and_error_routing(monkeypatch):
     )
     assert not job.running
     assert seen == [("progress", 1, 2), ("event", "partial"), ("error", "bad thing"), ("finally",)]
+
+
+def test_plain_description_and_dialogs_beside_the_source(widget, viewer_and_image, tmp_path):
+    from napari_cnnseg.core.io import Volume, write_volume
+
+    widget.choose_new("unet", CLASSES, **TINY["unet"])
+    text = widget.description.text()
+    assert "not trained yet" in text and "Finds organ, vessel, lesion" in text
+    assert "receptive" not in text and "receptive" in widget.description.toolTip()
+    viewer, _ = viewer_and_image
+    path = write_volume(tmp_path / "scan.nrrd", Volume(np.ones(SHAPE, np.float32)))
+    [layer] = viewer.open(str(path), plugin="napari-cnnseg")
+    widget.set_image_layer(layer)
+    assert widget.default_path("labels") == str(tmp_path / "scan_labels.nrrd")
