@@ -7,8 +7,11 @@
      "arch": "unet", "config": {...}, "weights_sha256": "...",
      "meta": {"class_names": [...], "normalization": {...}, "spacing": [z, y, x], ...}}
 
-Both files are written atomically (temporary file in the same folder + ``os.replace``),
-weights first, so a crash never leaves a sidecar pointing at half-written weights.
+Both files are written completely under temporary names in the same folder (fsync-ed), then
+moved into place with ``os.replace``, weights first: a process killed at any point leaves the
+previous pair, or new weights whose new sidecar waits beside them, which the next
+``load_model`` / ``save_model`` moves into place (``tests/test_crash.py`` kills real
+``cnnseg finetune`` processes to check it).
 ``load_model`` refuses ``.pt/.pth/.ckpt/.pkl`` pickles (``torch.load`` is never called).
 
 Checkpoints are untrusted input: ``load_model`` reads nothing large and runs no code before it
@@ -28,7 +31,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -139,16 +141,44 @@ def _check_meta(meta: dict[str, Any], num_classes: int) -> dict[str, Any]:
     return meta
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _recover_pair(weights: Path, sidecar: Path) -> bool:
+    """Complete a :func:`save_model` that was killed between moving the weights and the sidecar.
+
+    Then the weights are new, the sidecar is old (its checksum differs) and the new sidecar
+    waits complete under its temporary name beside it: it is moved into place. Returns True
+    when it did so. Anything else is left as it is (``load_model`` then reports the mismatch).
+    """
+    if not (weights.is_file() and sidecar.is_file()):
+        return False
+    try:
+        old = json.loads(sidecar.read_text(encoding="utf-8")).get("weights_sha256")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return False
+    digest = _sha256(weights)
+    if old == digest:
+        return False
+    for cand in sorted(sidecar.parent.glob(f".{sidecar.name}.*.tmp*")):
+        try:
+            if cand.stat().st_size > MAX_SIDECAR_BYTES:
+                continue
+            text = cand.read_text(encoding="utf-8")
+            if _json_depth(text) > MAX_JSON_DEPTH or json.loads(text).get("weights_sha256") != digest:
+                continue
+            os.replace(cand, sidecar)
+        except (OSError, ValueError, AttributeError, RecursionError):
+            continue
+        log.warning("completed the interrupted save of %s (its new sidecar was waiting as %s)",
+                    sidecar.name, cand.name)
+        return True
+    return False
 
 
 def _sha256(path: Path) -> str:
@@ -196,28 +226,40 @@ def save_model(path: str | os.PathLike[str], model: nn.Module, **meta: Any) -> P
     tensors = {n: t.detach().to("cpu").contiguous().clone() for n, t in net.state_dict().items()}
     weights = stem.with_name(stem.name + ".safetensors")
     sidecar = stem.with_name(stem.name + ".json")
+    from ..io._atomic import _temp_sibling
+
+    w_tmp = s_tmp = None
     try:
         stem.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
+        _recover_pair(weights, sidecar)  # finish a save a killed process left half done
+        # both files complete on disk (temporary names, fsync-ed) before either is moved, the
+        # weights first: killed at any point, the pair under the final names is the old one,
+        # or new weights + the new sidecar still waiting beside them (_recover_pair)
+        w_tmp, s_tmp = _temp_sibling(weights), _temp_sibling(sidecar)
+        save_file(tensors, str(w_tmp), metadata={"format": FORMAT})
+        _fsync(w_tmp)
+        doc = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "package_version": _package_version(),
+            "arch": net.arch_name,
+            "config": net.get_config(),
+            "meta": full,
+            "weights": weights.name,
+            "weights_sha256": _sha256(w_tmp),
+        }
+        s_tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        _fsync(s_tmp)
+        os.replace(w_tmp, weights)
+        os.replace(s_tmp, sidecar)
     except OSError as exc:
         raise CheckpointError(
             f"cannot write the model to {weights} ({exc}); choose a writable folder with free space"
         ) from exc
-    doc = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "package_version": _package_version(),
-        "arch": net.arch_name,
-        "config": net.get_config(),
-        "meta": full,
-        "weights": weights.name,
-        "weights_sha256": _sha256(weights),
-    }
-    text = json.dumps(doc, indent=2)
-    try:
-        _atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
-    except OSError as exc:
-        raise CheckpointError(f"cannot write {sidecar} ({exc}); choose a writable folder") from exc
+    finally:
+        for tmp in (w_tmp, s_tmp):
+            if tmp is not None and os.path.lexists(tmp):
+                os.unlink(tmp)
     log.info("saved model %s (%s) to %s", net.arch_name, weights.name, stem.parent)
     return weights
 
@@ -420,6 +462,8 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
         )
     table = _read_safetensors_header(weights)
     digest = doc.get("weights_sha256")
+    if digest and digest != _sha256(weights) and _recover_pair(weights, sidecar):
+        return load_model(path, device=device)  # a killed save_model, now completed
     if digest and digest != _sha256(weights):
         raise CheckpointError(
             f"{weights.name} does not match its sidecar {sidecar.name} (checksum differs); "
