@@ -192,16 +192,15 @@ def run(args: argparse.Namespace) -> int:
     model = resolve_model(args.model)
     outdir, created = prepare_outdir(args.outdir)
     on_dask = bool(args.workers or args.scheduler)
-    rep = _Reporter(args, total_bar=on_dask or args.blocks is not None)
-    if args.blocks is not None:
-        from .segment_blocks import run_blocks
-
-        result = run_blocks(paths, model, outdir, options, args, rep)
+    blocks = None if args.blocks is None else tuple(args.blocks * 3 if len(args.blocks) == 1 else args.blocks)
+    rep = _Reporter(args, total_bar=on_dask and blocks is None)
+    if args.quiet or (on_dask and blocks is None):
+        bars = None
     else:
-        tiles = None if args.quiet or on_dask else (lambda name: ProgressBar(name))
-        result = segment_cohort(paths, model, outdir, options, workers=args.workers,
-                                scheduler=args.scheduler, progress=rep.progress,
-                                volume_progress=tiles, on_record=rep.record)
+        bars = (lambda name: ProgressBar(name, unit="tiles" if blocks is None else "blocks"))
+    result = segment_cohort(paths, model, outdir, options, workers=args.workers,
+                            scheduler=args.scheduler, block_shape=blocks, progress=rep.progress,
+                            volume_progress=bars, on_record=rep.record)
     failed = len(result.failed)
     if args.json:
         print(summary_json(result), flush=True)

@@ -272,14 +272,23 @@ def segment_one(path: str | os.PathLike, model: Any, outdir: str | os.PathLike,
     from .cohort_io import read_input, write_outputs
 
     path, outdir = Path(path), Path(outdir)
-    fingerprint = fingerprint or model_fingerprint(model)
     start = time.perf_counter()
     volume = read_input(path, model, options.channel)
     outputs, counts, names = write_outputs(volume, model, path, outdir, options,
                                            progress=progress, cancel=cancel)
-    seconds = time.perf_counter() - start
-    shape = list(volume.spatial_shape)
-    rec = {
+    rec = make_record(path, volume, time.perf_counter() - start, counts, names, outputs,
+                      fingerprint or model_fingerprint(model), options)
+    write_record(path, outdir, rec)
+    return rec
+
+
+def make_record(path: Path, volume: Any, seconds: float, counts: Sequence[int],
+                names: Sequence[str], outputs: Sequence[Path], fingerprint: str,
+                options: CohortOptions) -> dict[str, Any]:
+    """The record of a segmented volume (status ``done``): shape (Z, Y, X), seconds,
+    voxels/s, mL per class, outputs, and what makes it reusable (model, options)."""
+    shape = [int(s) for s in volume.spatial_shape]
+    return {
         "record_version": RECORD_VERSION, "input": str(path), "status": "done", "error": "",
         "shape": shape, "seconds": round(seconds, 3),
         "voxels_per_s": round(float(np.prod(shape)) / max(seconds, 1e-9), 1),
@@ -288,8 +297,13 @@ def segment_one(path: str | os.PathLike, model: Any, outdir: str | os.PathLike,
         "options": json.loads(json.dumps(options.output_key())),
         "host": os.uname().nodename, "pid": os.getpid(),
     }
-    _write_json_atomic(record_path(path, outdir), rec)
-    return rec
+
+
+def write_record(path: Path, outdir: Path, record: dict[str, Any]) -> Path:
+    """Write the record atomically (last, once every output is written)."""
+    dest = record_path(path, outdir)
+    _write_json_atomic(dest, record)
+    return dest
 
 
 def run_one(path: Path, model: Any, outdir: Path, options: CohortOptions, fingerprint: str,
@@ -322,6 +336,7 @@ def segment_cohort(
     workers: int | None = None,
     scheduler: str | None = None,
     client: Any = None,
+    block_shape: Sequence[int] | None = None,
     progress: ProgressFn | None = None,
     volume_progress: Callable[[str], ProgressFn | None] | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
@@ -338,9 +353,12 @@ def segment_cohort(
             per worker so that workers x threads = cores).
         scheduler: address of a running dask scheduler (``tcp://host:8786``).
         client: an existing ``distributed.Client`` (wins over workers / scheduler).
+        block_shape: block mode (:mod:`~.blocks`): each (Zarr) volume in turn is cut into
+            blocks of (Z, Y, X) voxels run in parallel, written into Zarr outputs; ``()``
+            for the default 128^3.
         progress: ``progress(volumes_done, volumes_total)``.
-        volume_progress: in this process only: ``volume_progress(name)`` gives the tile
-            ``progress(done, total)`` of one volume.
+        volume_progress: ``volume_progress(name)`` gives the ``progress(done, total)`` of one
+            volume's tiles (here) or blocks (block mode).
         on_record: called with each volume's record as it finishes.
         cancel: polled between tiles (here) or every 0.1 s (dask); raises Cancelled.
 
@@ -363,7 +381,14 @@ def segment_cohort(
             on_record(rec)
         report(progress, done, len(paths))
 
-    if client is not None or workers or scheduler:
+    if block_shape is not None:
+        from .blocks import run_cohort_in_blocks
+
+        records = run_cohort_in_blocks(paths, model, out, options, fingerprint, block_shape or None,
+                                       client=client, workers=workers, scheduler=scheduler,
+                                       on_record=finished, volume_progress=volume_progress,
+                                       cancel=cancel)
+    elif client is not None or workers or scheduler:
         from .distributed import run_cohort_on_dask
 
         records = run_cohort_on_dask(paths, model, out, options, fingerprint, client=client,

@@ -279,6 +279,7 @@ def predict(
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     out: Any = None,
+    exact_roi: bool = False,
 ) -> Any:
     """Class probabilities of a volume by tiled dense prediction.
 
@@ -305,6 +306,10 @@ def predict(
         cancel: ``cancel() -> bool`` polled between batches; raises ``Cancelled``.
         out: optional preallocated (K, *region) array (numpy, zarr, ...) to fill (float32 or
             float16); written tile row by tile row.
+        exact_roi: same nets with an ``roi``: lay the tiles out over the whole image (the
+            default tile of the whole image too) and run only those touching the box, so the
+            box equals the same box of a whole prediction up to float rounding (block-wise
+            prediction, :mod:`~napari_cnnseg.core.blocks`). Valid nets are always exact.
 
     Returns:
         ``out`` or a new float32 numpy array (K, Z, Y, X) (or (K, *roi shape)) of softmax
@@ -339,14 +344,16 @@ def predict(
     norm = normalization or meta.get("normalization") or DEFAULT_NORMALIZATION
     stats = compute_stats(image, norm)
     dev = resolve_device(device)
-    tile = default_tile_shape(spec, region_shape, tile_shape)
+    # exact_roi: a same net's tiles (and default tile) are those of the whole image
+    tile_region = tuple(img.shape[1:]) if exact_roi and spec.padding != "valid" else region_shape
+    tile = default_tile_shape(spec, tile_region, tile_shape)
     if out is None:
         out = np.empty(out_shape, dtype=np.float32)
 
     while True:
         try:
             _predict_on(img, model, spec, dev, precision, tile, ov, batch_size, stats, region,
-                        progress, cancel, out)
+                        progress, cancel, out, exact_roi)
             return out
         except _TileTooLarge:
             smaller = _shrink_tile(spec, tile)
@@ -361,7 +368,7 @@ def predict(
                 ) from None
             log.warning("out of memory on %s even with tile %s: falling back to the CPU", dev, tile)
             dev = torch.device("cpu")
-            tile = default_tile_shape(spec, region_shape, tile_shape)
+            tile = default_tile_shape(spec, tile_region, tile_shape)
             precision = "fp32" if str(precision).lower() == "fp16" else precision
 
 
@@ -376,12 +383,12 @@ def _shrink_tile(spec: NetSpec, tile: Sequence[int]) -> tuple[int, int, int] | N
 
 
 def _predict_on(img, model: nn.Module, spec: NetSpec, dev: torch.device, precision: str, tile: Sequence[int],
-                overlap, batch_size, stats, region, progress, cancel, out) -> None:
+                overlap, batch_size, stats, region, progress, cancel, out, exact_roi=False) -> None:
     """One attempt on one device with one tile shape; raises _TileTooLarge on OOM at batch 1."""
     if spec.padding == "valid":
         layout = tiling.valid_layout(region, tile, spec.output_shape(tile), spec.margin, spec.lattice)
     else:
-        layout = tiling.same_layout(region, tile, overlap, img.shape[1:])
+        layout = tiling.same_layout(region, tile, overlap, img.shape[1:], whole_image=exact_roi)
     tiles = layout.tiles
     total = len(tiles)
     if total > MANY_TILES:

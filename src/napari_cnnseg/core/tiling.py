@@ -164,6 +164,7 @@ def same_layout(
     tile_shape: Shape3,
     overlap: Sequence[float],
     image_shape: Shape3,
+    whole_image: bool = False,
 ) -> Layout:
     """Blended layout of a same-padding net over ``region`` (MONAI scan positions).
 
@@ -176,7 +177,16 @@ def same_layout(
         tile_shape: tile (Z, Y, X) accepted by the net.
         overlap: fraction of the tile shared by neighbours, per axis, in [0, 1).
         image_shape: the whole image (Z, Y, X) (to keep small-region tiles inside it).
+        whole_image: lay the tiles out over the whole image and keep those touching
+            ``region`` (a block of a whole-image prediction, blended exactly as in it).
     """
+    if whole_image:
+        full = same_layout([(0, n) for n in image_shape], tile_shape, overlap, image_shape)
+        axes = [sorted({t.in_start[a] for t in full.tiles}) for a in range(3)]
+        in_starts = [[s for s in starts if s < hi and s + t > lo]
+                     for starts, (lo, hi), t in zip(axes, region, tile_shape, strict=True)]
+        return Layout(tuple(tile_shape), tuple(tile_shape),
+                      _make_tiles(in_starts, in_starts, tile_shape, region), blend=True)
     in_starts = []
     for (lo, hi), t, ov, full in zip(region, tile_shape, overlap, image_shape, strict=True):
         size = hi - lo
