@@ -1,0 +1,94 @@
+"""Load and leaks: 30 Segment + Fine-tune + Undo cycles in one Session.
+
+Resident memory after cycle 30 must be within 10 % of cycle 5 (after warm-up), and the number
+of threads and open file descriptors must not grow. A tiny volume and net and two training
+steps per round keep it under a minute on a 2-core machine. The same through the napari docks
+under Xvfb: ``tests/test_load_gui.py``.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+
+import numpy as np
+import pytest
+from _configs import CLASSES, TINY
+
+from napari_cnnseg._session import Session
+from napari_cnnseg.core.sample_data import make_phantom
+
+CYCLES = 30
+#: the cheapest honest round: no best-weights evaluation, the plain background prior
+FAST = dict(crop_shape=(4, 12, 12), batch_size=1, keep_best=False, prior="background",
+            device="cpu", precision="fp32")
+
+
+def rss_mb() -> float:
+    """Resident set size of this process (VmRSS), MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")  # pragma: no cover
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def scribbles_from(labels: np.ndarray) -> np.ndarray:
+    scr = np.zeros(labels.shape, np.uint8)
+    for z in (3, 8):
+        for c in np.unique(labels[z]):
+            ys, xs = np.nonzero(labels[z] == c)
+            pick = slice(None, None, max(1, len(ys) // 12))
+            scr[z, ys[pick], xs[pick]] = c + 1
+    return scr
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc (Linux)")
+def test_thirty_segment_finetune_undo_cycles_do_not_leak(tmp_path):
+    image, labels = make_phantom(shape=(12, 28, 28), spacing=(2.0, 0.5, 0.5), seed=1)
+    s = Session(autosave_folder=tmp_path / "autosave")
+    s.set_image(image, name="phantom")
+    s.new_model("unet", CLASSES, **TINY["unet"])
+    s.predict_options.update(device="cpu", precision="fp32")
+    scr = scribbles_from(labels.array)
+    rss, threads, fds = [], [], []
+    for cycle in range(1, CYCLES + 1):
+        s.segment()
+        s.autosave_scribbles(scr)
+        out = s.finetune(scr, steps=1, refresh_every=1, region=lambda: s.slice_roi(0, 6), refresh=False,
+                         on_region=s.apply_region, **FAST)
+        assert out.history.steps == 1
+        assert s.undo()
+        assert not s.can_undo  # Undo went back to the single starting version
+        gc.collect()
+        rss.append(rss_mb())
+        threads.append(threading.active_count())
+        fds.append(open_fds())
+    growth = rss[-1] / rss[4] - 1
+    print(f"RSS cycle 5 {rss[4]:.1f} MB, cycle 30 {rss[-1]:.1f} MB ({100 * growth:+.1f} %); "
+          f"threads {threads[4]} -> {threads[-1]}; fds {fds[4]} -> {fds[-1]}")
+    assert growth <= 0.10, f"RSS grew {100 * growth:.1f} % from cycle 5 to 30: {rss}"
+    assert threads[-1] <= threads[4], threads
+    assert fds[-1] <= fds[4], fds
+    assert s.load_scribbles() is not None
+
+
+def test_undo_stack_is_bounded(tmp_path):
+    """Thirty rounds without Undo keep at most ``max_versions`` copies of the weights."""
+    image, labels = make_phantom(shape=(12, 28, 28), spacing=(2.0, 0.5, 0.5), seed=1)
+    s = Session(autosave_folder=tmp_path, max_versions=3)
+    s.set_image(image, name="phantom")
+    s.new_model("unet", CLASSES, **TINY["unet"])
+    scr = scribbles_from(labels.array)
+    for _ in range(6):
+        s.finetune(scr, steps=1, refresh=False, **FAST)
+    assert len(s._versions) == 3
+    undone = 0
+    while s.undo():
+        undone += 1
+    assert undone == 3
