@@ -1,0 +1,169 @@
+"""A big CT in napari: peak memory of the Segment dock plus one Fine-tune round.
+
+Builds a synthetic int16 CT (default 600x512x512 = 157 M voxels, 300 MiB: air, a body
+ellipse of soft tissue, lungs, bone and noise, made slab by slab), opens it in a napari viewer,
+adds the plugin's docks the way a user does (``viewer.window.add_plugin_dock_widget``), picks a
+new small U-Net (2 classes), clicks **Segment**, paints a few strokes in the scribbles layer
+the Fine-tune dock adds, and runs one **Fine-tune** round (with its whole-volume refresh).
+Jobs run inline (``CNNSEG_SYNC=1``) so the timings are the work itself. Prints ONE JSON line::
+
+    {"peak_rss_mb", "volume_mb", "baseline_rss_mb", "segment_seconds", "finetune_round_seconds",
+     "target_mb", "within_target", "layers": {name: dtype}, "shape", "mode", ...}
+
+``peak_rss_mb`` is ``VmHWM`` of this process (napari and Qt included; ``baseline_rss_mb`` is
+the RSS with the viewer open before the volume exists). The target (issue 16) is
+``6 * volume_mb + 1536``.
+
+    xvfb-run -a -s "-screen 0 1280x1024x24" python benchmarks/bench_big_volume.py            # 600x512x512
+    xvfb-run -a -s "-screen 0 1280x1024x24" python benchmarks/bench_big_volume.py --quick    # 64x128x128
+    python benchmarks/bench_big_volume.py --mode session   # the same work without napari (Session)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def vm_mb(key: str) -> float:
+    """``VmHWM`` / ``VmRSS`` of this process in MB (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def synthetic_ct(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
+    """int16 Hounsfield-like volume, made slab by slab (no float copy of the whole volume)."""
+    z, y, x = shape
+    out = np.empty(shape, np.int16)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:y, 0:x].astype(np.float32)
+    cy, cx = y / 2, x / 2
+    body = ((yy - cy) / (0.42 * y)) ** 2 + ((xx - cx) / (0.46 * x)) ** 2 <= 1
+    lung_l = ((yy - cy * 0.9) / (0.2 * y)) ** 2 + ((xx - cx * 0.62) / (0.12 * x)) ** 2 <= 1
+    lung_r = ((yy - cy * 0.9) / (0.2 * y)) ** 2 + ((xx - cx * 1.38) / (0.12 * x)) ** 2 <= 1
+    spine = ((yy - cy * 1.55) / (0.05 * y)) ** 2 + ((xx - cx) / (0.05 * x)) ** 2 <= 1
+    slab = 16
+    for z0 in range(0, z, slab):
+        n = min(slab, z - z0)
+        s = np.full((n, y, x), -1000.0, np.float32)
+        s[:, body] = 40.0
+        grow = 0.5 + 0.5 * np.sin(np.linspace(z0, z0 + n, n) / max(z, 1) * np.pi)[:, None, None]
+        s[:, lung_l | lung_r] = -850.0
+        s[:, spine] = 700.0
+        s += rng.normal(scale=20.0, size=s.shape).astype(np.float32) * grow
+        out[z0:z0 + n] = np.clip(s, -1024, 3071).astype(np.int16)
+    return out
+
+
+def scribbles_for(ct: np.ndarray) -> np.ndarray:
+    """A few strokes on three slices: background (value 1) in air, body (value 2) in tissue."""
+    scr = np.zeros(ct.shape, np.uint8)
+    z, y, x = ct.shape
+    for zz in (z // 4, z // 2, 3 * z // 4):
+        scr[zz, y // 2, x // 10: x // 5] = 1
+        scr[zz, y // 2, 2 * x // 5: x // 2] = 2
+    return scr
+
+
+def run_dock(ct: np.ndarray, steps: int, classes: list[str], device: str) -> dict:
+    os.environ["CNNSEG_SYNC"] = "1"
+    import napari
+
+    from napari_cnnseg._widgets import _worker
+
+    _worker.SYNC = True
+    viewer = napari.Viewer(show=False)
+    _, seg = viewer.window.add_plugin_dock_widget("napari-cnnseg", "Segment")
+    _, fin = viewer.window.add_plugin_dock_widget("napari-cnnseg", "Fine-tune")
+    baseline = vm_mb("VmRSS")
+    layer = viewer.add_image(ct, name="ct")
+    seg.set_image_layer(layer)
+    assert seg.choose_new("unet", classes), seg.last_error
+    seg.session.predict_options["device"] = device
+    t0 = time.perf_counter()
+    seg.segment()
+    segment_seconds = time.perf_counter() - t0
+    if getattr(seg, "last_error", None):
+        raise RuntimeError(f"Segment failed: {seg.last_error}")
+    scr_layer = fin.add_scribbles_layer()
+    scr_layer.data[...] = scribbles_for(ct)
+    t0 = time.perf_counter()
+    fin.finetune(steps=steps)
+    finetune_seconds = time.perf_counter() - t0
+    if getattr(fin, "last_error", None):
+        raise RuntimeError(f"Fine-tune failed: {fin.last_error}")
+    layers = {lyr.name: str(np.asarray(lyr.data[:1, :1, :1]).dtype) for lyr in viewer.layers}
+    viewer.close()
+    return {"baseline_rss_mb": baseline, "segment_seconds": segment_seconds,
+            "finetune_round_seconds": finetune_seconds, "layers": layers}
+
+
+def run_session(ct: np.ndarray, steps: int, classes: list[str], device: str) -> dict:
+    from napari_cnnseg._session import Session
+    from napari_cnnseg.core.io import Volume
+
+    baseline = vm_mb("VmRSS")
+    s = Session(autosave_folder=os.environ.get("TMPDIR", "/tmp") + "/bench_big_volume_autosave")
+    s.set_image(Volume(ct), name="ct")
+    s.new_model("unet", classes)
+    s.predict_options["device"] = device
+    t0 = time.perf_counter()
+    res = s.segment()
+    segment_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    s.finetune(scribbles_for(ct), steps=steps, refresh=True, device=device)
+    finetune_seconds = time.perf_counter() - t0
+    layers = {"labels": str(res.labels.dtype), "probabilities": str(res.probabilities.dtype),
+              "uncertainty": str(res.uncertainty.dtype)}
+    return {"baseline_rss_mb": baseline, "segment_seconds": segment_seconds,
+            "finetune_round_seconds": finetune_seconds, "layers": layers}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shape", type=int, nargs=3, default=[600, 512, 512], metavar=("Z", "Y", "X"))
+    p.add_argument("--quick", action="store_true", help="64x128x128 (a minute on a laptop)")
+    p.add_argument("--mode", choices=("dock", "session"), default="dock")
+    p.add_argument("--steps", type=int, default=20, help="training steps of the Fine-tune round")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = p.parse_args(argv)
+    shape = (64, 128, 128) if args.quick else tuple(args.shape)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    ct = synthetic_ct(shape)
+    make_seconds = time.perf_counter() - t0
+    volume_mb = ct.nbytes / 2**20
+    run = run_dock if args.mode == "dock" else run_session
+    result = run(ct, args.steps, ["background", "body"], args.device)
+    peak = vm_mb("VmHWM")
+    target = 6 * volume_mb + 1536
+    out = {"bench": "big_volume", "mode": args.mode, "shape": list(shape), "dtype": "int16",
+           "volume_mb": round(volume_mb, 1), "peak_rss_mb": round(peak, 1),
+           "target_mb": round(target, 1), "within_target": bool(peak <= target),
+           "peak_over_volume": round(peak / volume_mb, 2),
+           "make_volume_seconds": round(make_seconds, 2), "steps": args.steps, "device": args.device, **{
+               k: (round(v, 2) if isinstance(v, float) else v) for k, v in result.items()}}
+    print(json.dumps(out), flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    main()
