@@ -479,6 +479,10 @@ def _cases() -> list[Case]:
         "segment", str(_nrrd_header(d, "100000 100000 100000")), "-m", mdl(d), "-o", str(d / "out"), "-q"],
         "limit")
 
+    add("seg-cli-zarr-beyond-disk", G, "a Zarr input claiming 4000^3 voxels (outputs larger than the disk)",
+        lambda d: ["segment", str(_zarr(d, (4000,) * 3, (64,) * 3)), "-m", mdl(d), "-o", str(d / "out"), "-q",
+                   "--format", "nii.gz", "--device", "cpu"], "GB free")
+
     T = "cnnseg finetune"
     ft = lambda d, s, *extra: ["finetune", img(d), "--scribbles", s, "-m", mdl(d), "-o", str(d / "tuned"),  # noqa: E731
                                "--steps", "1", "-q", *extra]

@@ -27,6 +27,34 @@ from .volume import Volume
 logger = logging.getLogger(__package__)
 
 
+#: a store may be at most this many times the free disk space, uncompressed (compression
+#: gains on floats are small, on label maps large)
+DISK_FACTOR_FLOAT = 2
+DISK_FACTOR_INT = 8
+
+
+def _check_disk_space(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Refuse a store that cannot fit on the disk (e.g. Zarr input metadata claiming 4000^3)."""
+    import shutil
+
+    folder = next((q for q in (path.parent, *path.parent.parents) if q.exists()), None)
+    if folder is None:
+        return
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    nbytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    factor = DISK_FACTOR_FLOAT if dtype.kind in "fc" else DISK_FACTOR_INT
+    if nbytes > factor * free:
+        raise CnnsegError(
+            f"cannot create {path.name}: shape {shape} of {dtype} is {nbytes / 1e9:.3g} GB "
+            f"uncompressed, more than {factor}x the {free / 1e9:.3g} GB free in {folder} "
+            "(compression cannot make up for that); free space, choose another folder, or "
+            "check the input's size"
+        )
+
+
 class ZarrVolumeWriter:
     """An empty OME-Zarr volume on disk, filled by the caller, committed atomically.
 
@@ -63,6 +91,7 @@ class ZarrVolumeWriter:
                 f"{tuple(like.spatial_shape)} (the volume's grid)"
             )
         meta = {**like.metadata, **metadata}
+        _check_disk_space(self.path, shape, np.dtype(dtype))
         self._tmp: Path | None = None
         self.committed = False
         try:
