@@ -247,7 +247,8 @@ def test_plain_description_and_dialogs_beside_the_source(widget, viewer_and_imag
     widget.choose_new("unet", CLASSES, **TINY["unet"])
     text = widget.description.text()
     assert "not trained yet" in text and "Finds organ, vessel, lesion" in text
-    assert "receptive" not in text and "receptive" in widget.description.toolTip()
+    assert "receptive" not in text and "parameters" not in text
+    assert widget.description.toolTip() == widget.session.describe_model()  # the technical one
     viewer, _ = viewer_and_image
     path = write_volume(tmp_path / "scan.nrrd", Volume(np.ones(SHAPE, np.float32)))
     [layer] = viewer.open(str(path), plugin="napari-cnnseg")

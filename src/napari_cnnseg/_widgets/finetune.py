@@ -45,6 +45,7 @@ from . import _worker
 from ._base import JobDock
 from ._layers import refresh_region, show_results
 from ._layout import button_row
+from ._model_picker import plain_description
 from ._scribbles import ScribblesMixin
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ logger = logging.getLogger(__name__)
 REFRESH_SECONDS = 1.5
 #: delay between a paint stroke and its autosave (merges bursts of strokes)
 AUTOSAVE_DELAY_MS = 50
+#: voxels predicted beyond the part of the slice on screen (panning a little shows no seam)
+VIEW_MARGIN = 16
 
 
 class _Clock:
@@ -73,9 +76,9 @@ class _Clock:
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
 
-    def train_fraction(self, done: int, total: int) -> float:
+    def train_fraction(self) -> float:
         by_time = self.elapsed() / self.seconds if self.seconds else 0.0
-        by_steps = done / self.steps if self.steps else 0.0
+        by_steps = self.step / self.steps if self.steps else 0.0
         return min(1.0, max(by_time, by_steps))
 
 
@@ -98,6 +101,9 @@ class FinetuneWidget(ScribblesMixin, JobDock):
         self._autosave_timer.setSingleShot(True)
         self._autosave_timer.setInterval(AUTOSAVE_DELAY_MS)
         self._autosave_timer.timeout.connect(self._save_now)
+        self._ticker = QTimer(self)  # moves the time-based progress between training steps
+        self._ticker.setInterval(250)
+        self._ticker.timeout.connect(self._show_training)
         self._build()
         self._connect()
         self._on_state()
@@ -165,7 +171,7 @@ class FinetuneWidget(ScribblesMixin, JobDock):
         if s.model is not None:
             self._fill_classes(s.class_names)
         image = s.image_name if s.volume is not None else "—"
-        model = s.describe_model().splitlines()[0] if s.model is not None else "—"
+        model = plain_description(s).splitlines()[0]
         self.info.setText(f"Image: {image}\nModel: {model}")
         self.update_buttons()
 
@@ -178,6 +184,8 @@ class FinetuneWidget(ScribblesMixin, JobDock):
         self.stop_btn.setEnabled(busy)
         self.undo_btn.setEnabled(ready and not busy and self.session.can_undo)
         self.save_btn.setEnabled(ready and not busy)
+        if not busy:
+            self._ticker.stop()
 
     # ---------------------------------------------------------------- visible slice
     def _update_roi(self, event: Any = None) -> None:
@@ -197,6 +205,27 @@ class FinetuneWidget(ScribblesMixin, JobDock):
         scale = np.asarray(img.scale[-3:], dtype=float)
         translate = np.asarray(img.translate[-3:], dtype=float)
         return s.slice_roi(axis, int(round((point[axis] - translate[axis]) / scale[axis])))
+
+    def preview_roi(self) -> tuple[slice, slice, slice] | None:
+        """The visible slice cut to the part on screen (+ :data:`VIEW_MARGIN`) when zoomed in.
+
+        A zoomed-in view of a 512 x 512 slice shows a small part of it: predicting only that
+        part makes each live preview many times cheaper. Uses the image layer's
+        ``corner_pixels`` (data coordinates of the canvas corners, updated on every draw).
+        """
+        roi, img = self._roi, self.ctrl.image_layer
+        corners = np.asarray(getattr(img, "corner_pixels", np.zeros((2, 0))))
+        if roi is None or corners.ndim != 2 or corners.shape[1] < 3:
+            return roi
+        corners = corners[:, -3:]
+        out = list(roi)
+        for a, whole in enumerate(roi):
+            lo, hi = int(corners[0, a]), int(corners[1, a])
+            if whole.stop - whole.start > 1 and hi > lo:
+                part = slice(max(whole.start, lo - VIEW_MARGIN),
+                             min(whole.stop, hi + 1 + VIEW_MARGIN))
+                out[a] = part if part.stop > part.start else whole
+        return tuple(out)  # type: ignore[return-value]
 
     # ---------------------------------------------------------------- fine-tune
     def _prepare(self) -> tuple[Any, np.ndarray]:
@@ -245,8 +274,11 @@ class FinetuneWidget(ScribblesMixin, JobDock):
         live = self.live_check.isChecked()
         self.status.setText("Fine-tuning…")
         work = self._work(session, scribbles, clock, img, live, steps, seconds, options)
-        return self.start(work, desc="Fine-tune", on_done=lambda out: self._finished(img, out),
-                          on_progress=self._on_train_step)
+        job = self.start(work, desc="Fine-tune", on_done=lambda out: self._finished(img, out),
+                         on_progress=self._on_train_step)
+        if self.ctrl.busy:
+            self._ticker.start()
+        return job
 
     def _work(self, session: Any, scribbles: np.ndarray, clock: _Clock, img: Any, live: bool,
               steps: int | None, seconds: float | None, options: dict[str, Any]) -> Any:
@@ -256,7 +288,7 @@ class FinetuneWidget(ScribblesMixin, JobDock):
         def work(ctx: _worker.JobContext) -> Any:
             def region() -> Any:
                 started.append(time.perf_counter())
-                return self._roi
+                return self.preview_roi()
 
             def on_region(update: RegionUpdate) -> None:
                 clock.preview_s += time.perf_counter() - started[-1]
@@ -281,15 +313,24 @@ class FinetuneWidget(ScribblesMixin, JobDock):
             self.refresh_log.append((self._clock.elapsed(), update.roi))
 
     def _on_train_step(self, done: int, total: int) -> None:
+        self._clock.step = done
+        self._show_training()
+
+    def _show_training(self) -> None:
+        """Progress and status while training (after each step and on a 0.25 s tick)."""
         clock = self._clock
-        clock.step = done
-        self.set_fraction(clock.train_share * clock.train_fraction(done, total))
+        if clock is None or clock.train_end is not None:
+            return
+        self.set_fraction(clock.train_share * clock.train_fraction())
+        if clock.step == 0:
+            self.status.setText(f"Preparing training… {clock.elapsed():.0f} s")
+            return
         loss = f" · loss {clock.loss:.3f}" if clock.loss is not None else ""
         if clock.seconds:
             where = f"{min(clock.elapsed(), clock.seconds):.0f} s of {clock.seconds:g} s"
         else:
-            where = f"step {done} of {clock.steps}"
-        self.status.setText(f"Training: {where} · step {done}{loss}")
+            where = f"{clock.step} of {clock.steps} steps"
+        self.status.setText(f"Training: {where} · step {clock.step}{loss}")
 
     def _on_volume_progress(self, done: int, total: int) -> None:
         clock = self._clock
@@ -311,7 +352,7 @@ class FinetuneWidget(ScribblesMixin, JobDock):
         previews = f", {outcome.region_updates} previews {clock.preview_s:.1f} s" \
             if outcome.region_updates else ""
         self.status.setText(
-            f"{how} {outcome.steps} steps in {train:.1f} s of training{previews}; whole volume "
+            f"{how} {outcome.steps} step{'s' if outcome.steps != 1 else ''} in {train:.1f} s of training{previews}; whole volume "
             f"{total - train:.1f} s; {total:.1f} s in all.{loss} Undo goes back.")
         self.ctrl.results_changed.emit()
         self.ctrl.model_changed.emit()

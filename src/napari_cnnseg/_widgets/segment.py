@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QLayout,
     QLineEdit,
+    QSizePolicy,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -66,6 +67,8 @@ class SegmentWidget(ModelPicker, JobDock):
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(napari_viewer, parent)
+        # take only the height it needs: the Fine-tune dock below gets the rest
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
         self.last_layers: dict[str, Any] = {}
         self._build()
         self._connect()
@@ -133,6 +136,9 @@ class SegmentWidget(ModelPicker, JobDock):
         adv.addRow("Overlap", self.overlap_spin)
         adv.addRow("Batch size", self.batch_spin)
         root.addWidget(self.advanced)
+        self._advanced_rows = [w for w in self.advanced.findChildren(QWidget)]
+        self.advanced.toggled.connect(self._show_advanced)
+        self._show_advanced(False)
 
         self.segment_btn, self.cancel_btn = button_row(root, "Segment", "Cancel")
         self.add_progress(root)
@@ -140,6 +146,11 @@ class SegmentWidget(ModelPicker, JobDock):
             root, "Export labels…", "Export probabilities…"
         )
         root.addStretch(1)
+
+    def _show_advanced(self, on: bool) -> None:
+        """Advanced settings take room only while they are switched on."""
+        for w in self._advanced_rows:
+            w.setVisible(on)
 
     def _connect(self) -> None:
         layers = self.viewer.layers
