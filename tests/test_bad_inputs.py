@@ -95,3 +95,41 @@ def test_the_kit_itself_is_good(kit, tmp_path, capsys):
     assert slicer_main(["--model_file", str(d / "model.json"), "--device", "cpu", str(d / "img.nii.gz"),
                         str(d / "lab.nrrd")]) == 0
     assert read_volume(d / "lab.nrrd").shape == SHAPE
+
+
+def test_docs_list_every_case():
+    """docs/reliability.md holds the generated table (``python tests/test_bad_inputs_cases.py
+    --table docs/reliability.md`` rewrites it) and the dock cases."""
+    from test_bad_inputs_gui import GUI_CASES
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text()
+    missing = [c.id for c in CASES if f"`{c.id}`" not in doc]
+    missing += [c[0] for c in GUI_CASES if f"`{c[0]}`" not in doc]
+    assert not missing, f"run python tests/test_bad_inputs_cases.py --table docs/reliability.md: {missing}"
+
+
+@pytest.mark.parametrize("kind", ["constant", "zeros", "nan-and-inf", "int16-extremes"])
+def test_degenerate_images_segment_to_finite_outputs(kind, kit):
+    """Inputs that are odd but valid are segmented, never turned into NaN probabilities."""
+    import numpy as np
+
+    from napari_cnnseg.core.io import read_volume
+    from napari_cnnseg.core.models import load_model
+    from napari_cnnseg.core.pipeline import segment_volume
+
+    vol = read_volume(kit / "img.nii.gz")
+    a = np.asarray(vol.array, np.float32).copy()
+    if kind == "constant":
+        a[...] = 7
+    elif kind == "zeros":
+        a[...] = 0
+    elif kind == "nan-and-inf":
+        a[2:4] = np.nan
+        a[5, 5, 5] = np.inf
+        a[5, 5, 6] = -np.inf
+    else:
+        a = np.where(a > 0.5, 32767, -32768).astype(np.int16)
+    res = segment_volume(vol.with_array(a), load_model(kit / "model"), device="cpu", precision="fp32")
+    probs = np.asarray(res.probabilities.array)
+    assert np.isfinite(probs).all() and np.isfinite(np.asarray(res.uncertainty.array)).all()
+    assert np.asarray(res.labels.array).shape == SHAPE

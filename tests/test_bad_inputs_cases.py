@@ -664,7 +664,8 @@ def markdown_table(rows: list[tuple[Case, Outcome]]) -> str:
 
 
 def main(argv: list[str]) -> int:  # pragma: no cover - documentation helper
-    """``python tests/test_bad_inputs_cases.py --table [OUT.md]``: run every case, print the table."""
+    """``python tests/test_bad_inputs_cases.py --table [OUT.md | docs/reliability.md]``: run every
+    case and print the table, write it to OUT.md, or replace it in docs/reliability.md."""
     import logging
     import re
     import tempfile
@@ -683,7 +684,12 @@ def main(argv: list[str]) -> int:  # pragma: no cover - documentation helper
             res.message = re.sub(re.escape(str(d)), "…", res.message)
             rows.append((case, res))
     table = markdown_table(rows)
-    if len(argv) > 1:
+    if len(argv) > 1 and argv[1].endswith("reliability.md"):  # rewrite the table in the docs
+        doc = Path(argv[1]).read_text()
+        begin, end = "<!-- cases:begin -->", "<!-- cases:end -->"
+        head, rest = doc.split(begin, 1)
+        Path(argv[1]).write_text(head + begin + "\n" + table + "\n" + end + rest.split(end, 1)[1])
+    elif len(argv) > 1:
         Path(argv[1]).write_text(table + "\n")
     else:
         print(table)
