@@ -210,3 +210,17 @@ def test_cancel_stops_a_single_process_cohort(cohort, tmp_path):
         segment_cohort(cohort["scans"], load_model(cohort["model"]), tmp_path, OPTS,
                        cancel=lambda: True)
     assert time.perf_counter() - t0 < 10
+
+
+@pytest.mark.slow
+def test_bench_cohort_quick():
+    """benchmarks/bench_cohort.py smoke run: the keys of issue 17, outputs equal (no timings)."""
+    pytest.importorskip("distributed")
+    from test_benchmarks import check_numbers, run_bench
+
+    result = run_bench("bench_cohort.py", "--quick", "--shape", "16", "48", "48",
+                       "--block-volume", "48", "--block", "32")
+    check_numbers(result, ["plain_seconds", "dask_seconds", "efficiency", "peak_rss_mb_per_worker",
+                           "block_seconds", "block_max_abs_diff", "block_peak_rss_mb_per_worker"])
+    assert result["volumes"] == 8 and result["labels_identical"] and result["block_labels_identical"]
+    assert result["max_abs_diff"] <= 1e-6 and result["block_max_abs_diff"] <= 1e-6

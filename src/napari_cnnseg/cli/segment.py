@@ -179,14 +179,18 @@ class _Reporter:
 
 def run(args: argparse.Namespace) -> int:
     """Segment every input; returns 0 when all succeeded, 2 when some failed."""
-    from ..core.cohort import expand_inputs, segment_cohort, summary_json
+    from ..core.cohort import (
+        check_distinct_outputs,
+        expand_inputs,
+        prepare_outdir,
+        segment_cohort,
+        summary_json,
+    )
     from ..core.devices import resolve_device
     from ..core.models import resolve_model
 
     options = _options(args)
     paths = expand_inputs(args.inputs)
-    from ..core.cohort import check_distinct_outputs, prepare_outdir
-
     check_distinct_outputs(paths, args.format, Path(args.outdir))
     resolve_device(args.device)  # fail early on a bad device
     model = resolve_model(args.model)
@@ -194,10 +198,12 @@ def run(args: argparse.Namespace) -> int:
     on_dask = bool(args.workers or args.scheduler)
     blocks = None if args.blocks is None else tuple(args.blocks * 3 if len(args.blocks) == 1 else args.blocks)
     rep = _Reporter(args, total_bar=on_dask and blocks is None)
-    if args.quiet or (on_dask and blocks is None):
-        bars = None
-    else:
-        bars = (lambda name: ProgressBar(name, unit="tiles" if blocks is None else "blocks"))
+
+    def bars(name: str) -> ProgressBar | None:  # per volume: its tiles (here) or blocks
+        if args.quiet or (on_dask and blocks is None):
+            return None
+        return ProgressBar(name, unit="tiles" if blocks is None else "blocks")
+
     result = segment_cohort(paths, model, outdir, options, workers=args.workers,
                             scheduler=args.scheduler, block_shape=blocks, progress=rep.progress,
                             volume_progress=bars, on_record=rep.record)

@@ -137,6 +137,8 @@ def expand_inputs(items: Sequence[str | os.PathLike]) -> list[Path]:
     Raises:
         InputError: a glob that matches nothing or an empty list / folder.
     """
+    from .io._zarr import _is_zarr
+
     out: list[Path] = []
     for item in items:
         p = Path(item).expanduser()
@@ -150,7 +152,7 @@ def expand_inputs(items: Sequence[str | os.PathLike]) -> list[Path]:
             if not listed:
                 raise InputError(f"{p} lists no input; write one volume path per line")
             out.extend(listed)
-        elif p.is_dir() and not output_stem(p)[1].endswith("zarr") and not (p / ".zarray").exists():
+        elif p.is_dir() and not output_stem(p)[1].endswith("zarr") and not _is_zarr(p):
             found = sorted(q for q in p.iterdir() if _is_volume_name(q.name))
             out.extend(found or [p])  # no volume files inside: a DICOM series folder
         else:
@@ -258,7 +260,7 @@ def failed_record(path: Path, exc: BaseException) -> dict[str, Any]:
 # -- one volume -----------------------------------------------------------------------------
 
 def segment_one(path: str | os.PathLike, model: Any, outdir: str | os.PathLike,
-                options: CohortOptions = CohortOptions(), *, fingerprint: str | None = None,
+                options: CohortOptions | None = None, *, fingerprint: str | None = None,
                 progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> dict[str, Any]:
     """Segment one volume file into ``outdir``; returns its record (status ``done``).
 
@@ -272,6 +274,7 @@ def segment_one(path: str | os.PathLike, model: Any, outdir: str | os.PathLike,
     from .cohort_io import read_input, write_outputs
 
     path, outdir = Path(path), Path(outdir)
+    options = options or CohortOptions()
     start = time.perf_counter()
     volume = read_input(path, model, options.channel)
     outputs, counts, names = write_outputs(volume, model, path, outdir, options,
@@ -331,7 +334,7 @@ def segment_cohort(
     inputs: Sequence[str | os.PathLike] | str | os.PathLike,
     model: Any,
     outdir: str | os.PathLike,
-    options: CohortOptions = CohortOptions(),
+    options: CohortOptions | None = None,
     *,
     workers: int | None = None,
     scheduler: str | None = None,
@@ -348,7 +351,7 @@ def segment_cohort(
         inputs: files, globs, folders, ``.txt`` / ``.csv`` lists (see :func:`expand_inputs`).
         model: a network of ``core.models`` (sent once to each dask worker).
         outdir: output folder (created if missing).
-        options: outputs and engine settings (:class:`CohortOptions`).
+        options: outputs and engine settings (:class:`CohortOptions`; None = defaults).
         workers: run on a new ``LocalCluster`` of this many worker processes here (threads
             per worker so that workers x threads = cores).
         scheduler: address of a running dask scheduler (``tcp://host:8786``).
@@ -365,6 +368,7 @@ def segment_cohort(
     Returns:
         :class:`CohortResult` (records in input order, ``summary_path``).
     """
+    options = options or CohortOptions()
     paths = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
     if not paths:
         raise InputError("no input volume given")

@@ -38,6 +38,14 @@ RESOURCE = "cnnseg"
 #: models installed on this worker process by :class:`ModelPlugin`, by key
 _MODELS: dict[str, Any] = {}
 INSTALL_HINT = "pip install napari-cnnseg[distributed]"
+#: dask settings of the LocalCluster of ``workers=N`` (measured on a 2-core EPYC, docs/cohorts.md):
+#: the nanny's MALLOC_TRIM_THRESHOLD_=65536 pins glibc's mmap threshold, so every large numpy /
+#: torch buffer is a fresh mmap, page-faulted and zeroed (25-40 % more CPU per volume): unset;
+#: the workers' statistical profiler (a stack sample every 10 ms) cost another ~10 %: off
+LOCAL_CLUSTER_CONFIG = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.worker.profile.enabled": False,
+}
 
 
 def require_distributed() -> Any:
@@ -80,8 +88,11 @@ def open_client(workers: int | None = None, scheduler: str | None = None,
         raise InputError(f"--workers must be >= 1, got {workers}")
     threads = max(1, (os.cpu_count() or 1) // n)
     log.info("starting a LocalCluster: %d workers x %d threads", n, threads)
-    with distributed.LocalCluster(n_workers=n, threads_per_worker=threads, processes=True,
-                                  resources={RESOURCE: 1}, dashboard_address=None) as cluster, \
+    import dask
+
+    with dask.config.set(LOCAL_CLUSTER_CONFIG), \
+            distributed.LocalCluster(n_workers=n, threads_per_worker=threads, processes=True,
+                                     resources={RESOURCE: 1}, dashboard_address=None) as cluster, \
             distributed.Client(cluster) as c:
         yield c
 
