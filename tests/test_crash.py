@@ -8,7 +8,9 @@
   versions exactly.
 
 Each is repeated ``CNNSEG_CRASH_ITERS`` times (default 3, so CI stays fast) with random delays:
-half spread over the whole run, half in its last 30 % where the writes happen. The documented
+half spread over the whole run, half spread over the time after the log line that precedes or
+starts the writes (``fine-tuned N steps`` before ``save_model``; the first ``wrote``, or
+``streaming`` for Zarr), so that kills land inside the writes, not only before them. The documented
 long run (docs/reliability.md)::
 
     CNNSEG_CRASH_ITERS=20 .venv/bin/python -m pytest tests/test_crash.py -q
@@ -67,10 +69,54 @@ def _kill_after(argv: list[str], cwd: Path, delay: float) -> int | None:
         return None
 
 
-def _delays(full: float, n: int, seed: int) -> list[float]:
+def _kill_after_marker(argv: list[str], cwd: Path, marker: str, delay: float) -> int | None:
+    """Start ``argv``, wait until its stderr shows ``marker`` (a log line just before or during
+    the writes), then SIGKILL it ``delay`` s later; returns its exit code if it ended first."""
+    proc = subprocess.Popen(argv, cwd=cwd, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if marker in line:
+            break
+    time.sleep(delay)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    return proc.returncode if proc.returncode != -signal.SIGKILL else None
+
+
+def _run_timed(argv: list[str], cwd: Path, marker: str) -> tuple[float, float]:
+    """Run to completion (must succeed); returns (whole run, time from ``marker`` to the end)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=cwd, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    seen, lines = None, []
+    for line in proc.stderr:
+        lines.append(line)
+        if seen is None and marker in line:
+            seen = time.perf_counter()
+    proc.wait()
+    end = time.perf_counter()
+    assert proc.returncode == 0, "".join(lines)[-3000:]
+    assert seen is not None, f"no {marker!r} in the log"
+    return end - t0, end - seen
+
+
+def _plan(full: float, tail: float, n: int, seed: int) -> list[tuple[str, float]]:
+    """Even iterations: a delay spread over the whole run; odd ones: a delay after the marker
+    log line spread over the rest of the run (``tail``), where the writes happen."""
     rng = random.Random(seed)
-    return [rng.uniform(0.05, 1.0) * full if i % 2 == 0 else rng.uniform(0.7, 1.05) * full
-            for i in range(n)]
+    return [("time", rng.uniform(0.05, 1.0) * full) if i % 2 == 0
+            else ("marker", rng.uniform(0.0, 1.1) * tail) for i in range(n)]
+
+
+def _kill(argv: list[str], cwd: Path, how: tuple[str, float], marker: str) -> int | None:
+    kind, value = how
+    if kind == "time":
+        return _kill_after(argv, cwd, value)
+    return _kill_after_marker(argv, cwd, marker, value)
 
 
 @pytest.fixture(scope="module")
@@ -99,11 +145,15 @@ def test_killed_finetune_keeps_the_previous_checkpoint(kit, tmp_path):
     argv = [PY, "-m", "napari_cnnseg.cli", "finetune", str(kit / "img.nii.gz"), "-s", str(kit / "scr.nrrd"),
             "-m", str(kit / "start.json"), "-o", str(tmp_path / "tuned"), "--steps", "8", "-q",
             "--crop", "4", "16", "16", "--batch", "1", "--device", "cpu"]
-    full = _run_full(argv, tmp_path)  # the previous checkpoint, and the run's duration
+    # the previous checkpoint, the run's duration and how long the save takes after the
+    # "fine-tuned N steps" log line that precedes save_model
+    full, tail = _run_timed(argv, tmp_path, "fine-tuned")
     outcomes = {"old": 0, "new": 0}
-    for i, delay in enumerate(_delays(full, ITERS, seed=1)):
+    for i, how in enumerate(_plan(full, tail, ITERS, seed=1)):
         old = {s: _sha(tmp_path / f"tuned{s}") for s in (".json", ".safetensors")}
-        code = _kill_after(argv, tmp_path, delay)
+        # "fine-tuned N steps in" is logged right before save_model; another seed per run,
+        # so that a new checkpoint differs from the previous one
+        code = _kill(argv + ["--seed", str(i + 1)], tmp_path, how, "fine-tuned")
         assert code in (None, 0), f"iteration {i}: exit code {code}"
         load_model(tmp_path / "tuned")  # complete and consistent (raises otherwise)
         now = {s: _sha(tmp_path / f"tuned{s}") for s in (".json", ".safetensors")}
@@ -162,11 +212,11 @@ def test_killed_segment_leaves_no_incomplete_output(kit, tmp_path):
                 str(kit / "start.json"), "-o", str(out), "--probabilities", "--uncertainty",
                 "--format", fmt, "-q", "--device", "cpu", "--overwrite"]
 
-    full = _run_full(argv("zarr"), tmp_path)
+    full, tail = _run_timed(argv("zarr"), tmp_path, "streaming")
     complete = {f: 0 for f in FORMATS}
-    for i, delay in enumerate(_delays(full, ITERS, seed=2)):
+    for i, how in enumerate(_plan(full, tail, ITERS, seed=2)):
         fmt = FORMATS[i % len(FORMATS)]
-        _kill_after(argv(fmt), tmp_path, delay)
+        _kill(argv(fmt), tmp_path, how, "streaming" if fmt == "zarr" else "wrote")
         for p in sorted(out.iterdir()) if out.is_dir() else []:
             if p.name.startswith("."):
                 continue  # temporaries of the killed writer, removed by the next write
