@@ -279,5 +279,8 @@ def test_killed_autosave_keeps_restorable_scribbles(tmp_path):
         expected.reshape(-1)[1] = v % 250
         assert np.array_equal(s, expected), f"iteration {i}: version {v} restored incompletely"
     leftovers = [p.name for p in folder.iterdir() if p.name != "crashkey.npz"]
+    ScribbleStore("crashkey", folder=folder).save(np.ones((2, 2, 2), np.uint8))  # the next save
+    swept = [p.name for p in folder.iterdir() if p.name != "crashkey.npz"]
+    assert not swept, f"temporaries of killed saves not swept by the next save: {swept}"
     print(f"autosave: {ITERS} kills, every time a complete earlier version restored; "
-          f"{len(leftovers)} temporary file(s) left by killed writers")
+          f"{len(leftovers)} temporary file(s) left by killed writers, removed by the next save")

@@ -107,7 +107,8 @@ class ScribbleStore:
         index = np.flatnonzero(flat)
         values = flat[index]
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.key}.", suffix=".npz.tmp", dir=self.folder)
+        self._sweep_stale()
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.key}.{os.getpid()}.", suffix=".npz.tmp", dir=self.folder)
         try:
             with os.fdopen(fd, "wb") as fh:
                 np.savez(
@@ -126,6 +127,20 @@ class ScribbleStore:
             raise
         logger.debug("autosaved %d scribbled voxels to %s", index.size, self.path)
         return self.path
+
+    def _sweep_stale(self) -> None:
+        """Remove temporary files a killed save left (SIGKILL, power cut): those of processes
+        that no longer run. The saved file itself is never touched."""
+        from .core.io._atomic import _pid_alive
+
+        for tmp in self.folder.glob(f".{self.key}.*.npz.tmp"):
+            parts = tmp.name.split(".")
+            try:
+                pid = int(parts[2])
+            except (IndexError, ValueError):
+                continue  # an older name without a pid: leave it
+            if pid != os.getpid() and not _pid_alive(pid):
+                tmp.unlink(missing_ok=True)
 
     def load(self, shape: tuple[int, int, int] | None = None) -> np.ndarray | None:
         """The last saved scribbles, or None if there are none (or they do not fit ``shape``).
