@@ -253,8 +253,15 @@ def save_model(path: str | os.PathLike[str], model: nn.Module, **meta: Any) -> P
         os.replace(w_tmp, weights)
         os.replace(s_tmp, sidecar)
     except OSError as exc:
+        blocker = next((q for q in weights.parents if q.exists() and not q.is_dir()), None)
+        if blocker is not None:
+            raise CheckpointError(
+                f"cannot write the model to {weights}: {blocker} is a file, not a folder; "
+                "choose another path"
+            ) from exc
         raise CheckpointError(
-            f"cannot write the model to {weights} ({exc}); choose a writable folder with free space"
+            f"cannot write the model to {weights} ({exc.strerror or exc}); choose a writable "
+            "folder with free space"
         ) from exc
     finally:
         for tmp in (w_tmp, s_tmp):
