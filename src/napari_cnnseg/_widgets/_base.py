@@ -39,7 +39,29 @@ class JobDock(QWidget):
         self.viewer = napari_viewer
         self.ctrl = controller_for(napari_viewer)
         self.last_error: str | None = None
-        self.ctrl.busy_changed.connect(self.update_buttons)
+        self.listen(self.ctrl.busy_changed, self.update_buttons)
+
+    # ---------------------------------------------------------------- lifetime
+    def alive(self) -> bool:
+        """False once Qt deleted the widget (e.g. the viewer was closed while a job ran)."""
+        try:
+            self.objectName()
+        except RuntimeError:
+            return False
+        return True
+
+    def guarded(self, fn: Callable[..., Any]) -> Callable[..., None]:
+        """``fn`` that does nothing once the widget is gone (callbacks of a job or a signal)."""
+
+        def call(*args: Any) -> None:
+            if self.alive():
+                fn(*args)
+
+        return call
+
+    def listen(self, signal: Any, slot: Callable[[], None]) -> None:
+        """Connect a controller signal to ``slot``, ignored after the widget is deleted."""
+        signal.connect(self.guarded(slot))
 
     @property
     def session(self) -> Any:
@@ -92,9 +114,9 @@ class JobDock(QWidget):
         job = _worker.start_job(
             work,
             desc=desc,
-            on_progress=on_progress or (lambda d, t: self._on_progress(d, t)),
-            on_done=lambda value: self._done(on_done, value),
-            on_error=on_error or self.report,
+            on_progress=self.guarded(on_progress or (lambda d, t: self._on_progress(d, t))),
+            on_done=self.guarded(lambda value: self._done(on_done, value)),
+            on_error=self.guarded(on_error or self.report),
             on_finally=self._job_finished,
             on_created=self._register_job,
         )
@@ -110,7 +132,7 @@ class JobDock(QWidget):
         self.ctrl.busy_changed.emit()
 
     def _job_finished(self) -> None:
-        self.ctrl.busy_changed.emit()
+        self.ctrl.busy_changed.emit()  # listeners of deleted docks are guarded
 
     def cancel(self) -> None:
         """Ask the running job to stop at its next check."""

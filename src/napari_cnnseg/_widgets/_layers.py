@@ -141,9 +141,10 @@ def show_results(viewer: Any, image_layer: Any, session: Session) -> dict[str, A
         labels = _add(viewer, "labels", res.labels, name=wanted["labels"], opacity=0.8,
                       **geometry_kwargs(image))
         labels.contour = LABELS_CONTOUR
-    labels.metadata = role_metadata(image, "labels", class_names=names)
-    labels.colormap = labels_colormap(names)
-    labels.features = labels_features(names)
+    if layer_role(labels).get("class_names") != names:  # new layer or other classes
+        labels.metadata = role_metadata(image, "labels", class_names=names)
+        labels.colormap = labels_colormap(names)
+        labels.features = labels_features(names)
     out["labels"] = labels
     keep_scribbles_ready(viewer, image.name, active)
     return out

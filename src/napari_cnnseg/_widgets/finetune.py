@@ -103,7 +103,7 @@ class FinetuneWidget(ScribblesMixin, JobDock):
         self._autosave_timer.timeout.connect(self._save_now)
         self._ticker = QTimer(self)  # moves the time-based progress between training steps
         self._ticker.setInterval(250)
-        self._ticker.timeout.connect(self._show_training)
+        self._ticker.timeout.connect(self.guarded(self._show_training))
         self._build()
         self._connect()
         self._on_state()
@@ -163,7 +163,7 @@ class FinetuneWidget(ScribblesMixin, JobDock):
             getattr(self.viewer.dims.events, event).connect(self._update_roi)
         for signal in (self.ctrl.model_changed, self.ctrl.image_changed,
                        self.ctrl.results_changed):
-            signal.connect(self._on_state)
+            self.listen(signal, self._on_state)
 
     # ---------------------------------------------------------------- state sync
     def _on_state(self) -> None:
@@ -292,10 +292,10 @@ class FinetuneWidget(ScribblesMixin, JobDock):
 
             def on_region(update: RegionUpdate) -> None:
                 clock.preview_s += time.perf_counter() - started[-1]
-                ctx.call(self._show_region, img, update)
+                ctx.call(self.guarded(self._show_region), img, update)
 
             def volume_progress(done: int, total: int) -> None:
-                ctx.call(self._on_volume_progress, done, total)
+                ctx.call(self.guarded(self._on_volume_progress), done, total)
 
             return session.finetune(
                 scribbles, steps=steps, seconds=seconds,

@@ -166,8 +166,8 @@ class SegmentWidget(ModelPicker, JobDock):
         self.cancel_btn.clicked.connect(self.cancel)
         self.export_labels_btn.clicked.connect(lambda: self.export_labels())
         self.export_probs_btn.clicked.connect(lambda: self.export_probabilities())
-        self.ctrl.model_changed.connect(self._on_model_changed)
-        self.ctrl.results_changed.connect(self.update_buttons)
+        self.listen(self.ctrl.model_changed, self._on_model_changed)
+        self.listen(self.ctrl.results_changed, self.update_buttons)
 
     # ---------------------------------------------------------------- image choice
     def _image_layers(self) -> list[Any]:
