@@ -48,7 +48,7 @@ from _common import (  # noqa: E402
     measure_conv_peak_gflops,
 )
 from _scribble_sim import initial_strokes  # noqa: E402
-from bench_scribbles import crop_for, make_net  # noqa: E402
+from _unet import crop_for, make_net  # noqa: E402
 
 from napari_cnnseg.core.normalization import normalize  # noqa: E402
 from napari_cnnseg.core.sample_data import make_phantom  # noqa: E402

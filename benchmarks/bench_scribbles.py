@@ -1,29 +1,38 @@
-"""Scribble benchmark: simulated user strokes, CNN fine-tuning vs an ilastik-like random forest.
+"""Scribble benchmark: a simulated user's strokes, the product's fine-tuning loop vs a random forest.
 
 Usage::
 
-    python benchmarks/bench_scribbles.py --image IMG --labels GT [--rounds 3] [--seed 0] [--quick]
+    python benchmarks/bench_scribbles.py --image IMG --labels GT [--user clinician|sparse]
+        [--rounds 3] [--seed 0] [--model NAME_OR_CHECKPOINT] [--synthetic-lesion SEED] [--quick]
 
-Round 1 paints thin strokes inside each class on a few slices; each later round adds strokes
-inside the largest errors of the CNN's current prediction (see ``_scribble_sim``). After each
-round the CNN is fine-tuned (continuing from the previous round) and a random forest (100
-trees on ``multiscale_basic_features`` with sigma up to 16) is trained on exactly the same
-strokes; both predict the whole volume. Dice = mean over the foreground classes present in
-the ground truth. Prints one JSON line with the keys ``dice_cnn_rounds``, ``dice_rf_rounds``,
-``dice_cnn``, ``dice_rf``, ``dice_cnn_scratch`` (only when the CNN starts from a shipped
-model), ``seconds_cnn`` (total fine-tuning time), ``seconds_rf``, ``rounds``,
-``labelled_voxels``.
+The CNN side is the product's own loop, driven through :class:`napari_cnnseg._session.Session`
+(what the Fine-tune dock drives): a new net for the task (``Session.new_model("unet")``, which
+picks the recommended network for the image's spacing) or ``--model``, fine-tuned for
+``--seconds-per-round`` per round with the recipe the dock uses, then the whole volume is
+predicted (the dock's refresh, timed as ``refresh_seconds``). The random forest (100 trees on
+``multiscale_basic_features``, sigma up to 16, as ilastik's defaults span) is trained on its
+own strokes: **each method is corrected on its own mistakes** by the same simulated user
+(``--user clinician``, the default: ``_clinician.py``; ``--user sparse``: the older thin
+strokes of ``_scribble_sim.py``).
 
-No setting depends on the dataset: the network (anisotropic first level when the slices are
-in-plane first level), crop shape, stroke lengths and training budget are derived from the volume itself.
+``--synthetic-lesion SEED`` inserts one synthetic lesion (``_synthetic_lesions.py``) into the
+image and benchmarks that lesion (``--labels`` is then not needed).
 
-``--quick`` is a smoke test only (numbers meaningless): 2 rounds of 2 fine-tuning steps at
-batch 2 (unless ``--rounds`` / ``--steps-per-round`` are given), and a fresh net of base width 8.
+Prints one JSON line with ``dice_cnn_rounds``, ``dice_rf_rounds``, ``dice_cnn``, ``dice_rf``
+(last round), ``mean_cnn``, ``mean_rf`` (mean over rounds), ``seconds_cnn`` (fine-tuning, all
+rounds), ``refresh_seconds`` (whole-volume prediction per round), ``steps_cnn_rounds``,
+``features_seconds`` (the fixed filters of a ``feature_net``, computed once per volume while
+the user paints, not part of a round), ``seconds_rf``, ``labelled_voxels_cnn`` / ``_rf``,
+``peak_rss_mb_cnn`` (after the CNN loop) and ``peak_rss_mb`` (after the RF too). Dice = mean over the
+foreground classes of the ground truth. No setting depends on the dataset.
+
+``--quick`` is a smoke test only (numbers meaningless): 2 rounds of 2 steps.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -35,45 +44,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import emit  # noqa: E402
-from _scribble_sim import correction_strokes, initial_strokes  # noqa: E402
+from _common import emit, peak_rss_mb  # noqa: E402
 
+from napari_cnnseg._session import Session, warm_up_training  # noqa: E402
 from napari_cnnseg.core.io import read_volume  # noqa: E402
 from napari_cnnseg.core.metrics import mean_foreground_dice  # noqa: E402
-from napari_cnnseg.core.training import finetune, recommended_settings  # noqa: E402
 
 log = logging.getLogger("bench_scribbles")
 
 #: fine-tuning budget per round (3 rounds fit the 60 s target)
 SECONDS_PER_ROUND = 18.0
-
-
-def make_net(num_classes: int, spacing: tuple[float, float, float], width: int = 16,
-             norm: str = "batch", depth: int = 2) -> torch.nn.Module:
-    """Small valid U-Net (depth 2); 1x3x3 convolutions and 1x2x2 pooling at the top level.
-
-    The in-plane top level is what makes training fast on a CPU (about 5x faster than 3x3x3
-    at full resolution); the lower level is fully 3D, so isotropic volumes work as well.
-    """
-    from napari_cnnseg.core.models import build_model, interactive_config
-
-    config = {**interactive_config("unet"), "depth": depth, "base_width": width, "norm": norm}
-    return build_model("unet", in_channels=1, num_classes=num_classes, **config)
-
-
-def crop_for(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> tuple[int, int, int]:
-    """Output crop (Z, Y, X): 40 voxels in-plane; along z 40 / anisotropy, within 4..16."""
-    ratio = spacing[0] / max(min(spacing[1], spacing[2]), 1e-6)
-    z = int(np.clip(round(40 / max(ratio, 1.0)), 4, 16))
-    return (min(z, shape[0]), min(40, shape[1]), min(40, shape[2]))
-
-
-def predict_labels(model: torch.nn.Module, image: np.ndarray) -> np.ndarray:
-    """Whole-volume argmax (Z, Y, X) uint8 through ``core.inference.predict``."""
-    from napari_cnnseg.core.inference import predict
-
-    probs = predict(image, model, device="cpu")
-    return probs.argmax(0).astype(np.uint8)
 
 
 def compact_labels(labels: np.ndarray) -> np.ndarray:
@@ -91,173 +71,188 @@ def compact_labels(labels: np.ndarray) -> np.ndarray:
     return (np.searchsorted(values, labels) + start).astype(np.int64)
 
 
-def recipe(args: argparse.Namespace, fresh: bool) -> dict[str, Any]:
-    """lr and prior for a fresh or trained net (``core.training.recommended_settings``, the
-    recipe the GUI and ``cnnseg finetune`` use), with ``--lr`` / ``--prior`` / ``--batch`` on top
-    if given (``--batch`` applies to every round)."""
-    out = recommended_settings(fresh)
-    if args.batch is not None:
-        out["batch_size"] = args.batch
-    if args.lr is not None:
-        out["lr"] = args.lr
-    if args.prior:
-        out["prior"] = args.prior
+def user_for(name: str) -> Any:
+    """The simulated user module: ``clinician`` or ``sparse``."""
+    if name == "clinician":
+        import _clinician as user
+    else:
+        import _scribble_sim as user
+    return user
+
+
+def cnn_session(args: argparse.Namespace, volume: Any, k: int) -> Session:
+    """A Session on ``volume`` with the net the product starts a new task with (or --model)."""
+    session = Session(autosave_folder=None)
+    session.set_image(volume, name="bench")
+    if args.model:
+        session.load_model(args.model)
+        if int(session.model.num_classes) != k:
+            raise SystemExit(f"model {args.model} has {session.model.num_classes} classes, "
+                             f"the labels {k}")
+    else:
+        from napari_cnnseg.core.models.registry import NEW_TASK_FAMILY
+
+        names = ["background"] + [f"class {i}" for i in range(1, k)]
+        session.new_model(args.family or NEW_TASK_FAMILY, names)
+    return session
+
+
+def train_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Overrides of the dock's recipe given on the command line (recipe studies only)."""
+    out: dict[str, Any] = {"device": "cpu", "seed": args.seed}
+    for key in ("lr", "prior", "prior_weight", "batch_size"):
+        if getattr(args, key) is not None:
+            out[key] = getattr(args, key)
     return out
 
 
-def later_round_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """Settings of rounds 2+: by then the net has been fine-tuned, so the trained recipe
-    applies (lr 5e-4 + self prior), as in the Fine-tune dock (``Session.model_is_fresh``).
-    Explicit ``--lr`` / ``--prior`` win; ``--fresh-recipe-every-round`` keeps round 1's."""
-    return {} if args.fresh_recipe_every_round else recipe(args, fresh=False)
-
-
-def run_loop(model: torch.nn.Module, image: np.ndarray, labels: np.ndarray,
-             spacing: tuple[float, float, float], rounds: int, seed: int,
-             seconds: float, rf: Any, later: dict[str, Any] | None = None,
-             **ft: Any) -> dict[str, Any]:
-    """The simulated annotate / fine-tune loop; returns per-round Dice and timings.
-
-    ``ft`` are the ``finetune`` settings of round 1; ``later`` overrides some of them from
-    round 2 on (a net fine-tuned once is a trained net: see :func:`later_round_settings`).
-    """
+def cnn_loop(args: argparse.Namespace, volume: Any, labels: np.ndarray, user: Any
+             ) -> dict[str, Any]:
+    """The product's loop: strokes, fine-tune + whole-volume refresh, corrections, per round."""
     k = int(labels.max()) + 1
-    crop = crop_for(labels.shape, spacing)
-    scribbles = initial_strokes(labels, spacing, seed=seed)
-    dice_cnn, dice_rf, secs = [], [], 0.0
-    for r in range(rounds):
+    spacing = tuple(float(s) for s in volume.spacing)
+    session = cnn_session(args, volume, k)
+    scribbles = user.initial_strokes(labels, spacing, seed=args.seed)
+    budget = ({"steps": args.steps_per_round} if args.steps_per_round
+              else {"seconds": args.seconds_per_round})
+    warm_up_training()  # the Fine-tune dock does both while the user paints
+    features_s = session.prepare_features()
+    dice, steps, train_s, refresh_s = [], [], [], []
+    for r in range(args.rounds):
+        opts = train_options(args)
+        opts["seed"] = args.seed + r
         t0 = time.perf_counter()
-        budget = {} if "steps" in ft else {"seconds": seconds}
-        settings = {**ft, **(later or {})} if r > 0 else ft
-        finetune(model, image, scribbles, crop_shape=crop, seed=seed + r, device="cpu",
-                 **budget, **settings)
-        secs += time.perf_counter() - t0
-        pred = predict_labels(model, image)
-        dice_cnn.append(mean_foreground_dice(pred, labels, k))
-        if rf is not None:
-            dice_rf.append(mean_foreground_dice(rf.fit_predict(scribbles), labels, k))
-        log.info("round %d: %d painted voxels, cnn %.3f rf %s", r + 1, int((scribbles > 0).sum()),
-                 dice_cnn[-1], f"{dice_rf[-1]:.3f}" if dice_rf else "-")
-        if r + 1 < rounds:
-            scribbles = correction_strokes(labels, pred, scribbles, spacing, seed=seed + 100 + r)
-    return {"dice_cnn_rounds": dice_cnn, "dice_rf_rounds": dice_rf, "seconds_cnn": secs,
-            "labelled_voxels": int((scribbles > 0).sum())}
+        outcome = session.finetune(scribbles, refresh=False, **budget, **opts)
+        train_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        labels_now = session.segment(scribbles=scribbles).labels
+        refresh_s.append(time.perf_counter() - t0)
+        steps.append(int(outcome.steps))
+        dice.append(mean_foreground_dice(labels_now, labels, k))
+        log.info("cnn round %d: %d steps in %.1f s, %d painted, Dice %.3f", r + 1, steps[-1],
+                 train_s[-1], int((scribbles > 0).sum()), dice[-1])
+        if r + 1 < args.rounds:
+            scribbles = user.correction_strokes(labels, labels_now, scribbles, spacing,
+                                                seed=args.seed + 100 + r)
+    return {"dice": dice, "steps": steps, "train_s": train_s, "refresh_s": refresh_s,
+            "labelled": int((scribbles > 0).sum()), "features_s": features_s,
+            "peak_rss_mb": peak_rss_mb()}
 
 
-def main(argv: list[str] | None = None) -> int:
+def rf_loop(args: argparse.Namespace, image: np.ndarray, labels: np.ndarray,
+            spacing: tuple[float, float, float], user: Any) -> dict[str, Any]:
+    """The random forest corrected on its own mistakes by the same simulated user."""
+    from _rf_baseline import RandomForestBaseline, rf_features  # scikit-learn: only here
+
+    t0 = time.perf_counter()
+    rf = RandomForestBaseline(rf_features(image), seed=args.seed)
+    feature_s = time.perf_counter() - t0
+    k = int(labels.max()) + 1
+    scribbles = user.initial_strokes(labels, spacing, seed=args.seed)
+    dice = []
+    for r in range(args.rounds):
+        pred = rf.fit_predict(scribbles)
+        dice.append(mean_foreground_dice(pred, labels, k))
+        log.info("rf round %d: %d painted, Dice %.3f", r + 1, int((scribbles > 0).sum()), dice[-1])
+        if r + 1 < args.rounds:
+            scribbles = user.correction_strokes(labels, pred, scribbles, spacing,
+                                                seed=args.seed + 100 + r)
+    return {"dice": dice, "seconds": rf.seconds + feature_s,
+            "labelled": int((scribbles > 0).sum())}
+
+
+def load_task(args: argparse.Namespace) -> tuple[Any, np.ndarray]:
+    """The image Volume and its ground truth (compacted to 0..K-1)."""
+    volume = read_volume(args.image)
+    if volume.array.ndim != 3:
+        raise SystemExit(f"expected a 3D image (Z, Y, X), got shape {volume.array.shape}")
+    if args.synthetic_lesion is not None:
+        from _synthetic_lesions import insert_lesion
+
+        image, mask = insert_lesion(volume.array, volume.spacing, seed=args.synthetic_lesion)
+        return dataclasses.replace(volume, array=image), mask.astype(np.int64)
+    if not args.labels:
+        raise SystemExit("--labels is required (or --synthetic-lesion SEED)")
+    labels = np.asarray(read_volume(args.labels).array).astype(np.int64)
+    if labels.shape != volume.array.shape:
+        raise SystemExit(f"image {volume.array.shape} and labels {labels.shape} differ in shape")
+    if labels.min() < 0:
+        raise SystemExit("the label map has negative values; class labels must be 0, 1, 2, ...")
+    return volume, compact_labels(labels)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--image", required=True, help="image volume (any core.io format)")
-    p.add_argument("--labels", required=True, help="ground-truth label map on the same grid")
+    p.add_argument("--labels", default=None, help="ground-truth label map on the same grid")
+    p.add_argument("--synthetic-lesion", type=int, default=None, metavar="SEED",
+                   help="insert a synthetic lesion into the image and benchmark that lesion")
+    p.add_argument("--user", choices=("clinician", "sparse"), default="clinician",
+                   help="simulated user (default clinician)")
     p.add_argument("--rounds", type=int, default=None, help="default 3; 2 with --quick")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default=None,
-                   help="start from this shipped model name or checkpoint (default: a fresh U-Net)")
-    p.add_argument("--init-from", default=None, metavar="NAME_OR_PATH",
-                   help="start from this shipped model's body with a new, freshly initialised "
-                        "head for the labels' classes (transfer; lr and prior as for a fresh net)")
+                   help="start from this shipped model or checkpoint (default: a new net)")
+    p.add_argument("--family", default=None,
+                   help="network family of the new net (default: the one the dock starts a new "
+                        "task with; recipe studies)")
     p.add_argument("--seconds-per-round", type=float, default=SECONDS_PER_ROUND)
     p.add_argument("--steps-per-round", type=int, default=None,
-                   help="fixed step budget per round instead of seconds (for recipe studies on a "
+                   help="fixed step budget per round instead of seconds (recipe studies on a "
                         "busy machine)")
-    p.add_argument("--prior-weight", type=float, default=None, help="override the default prior")
-    p.add_argument("--lr", type=float, default=None, help="override the learning rate")
-    p.add_argument("--prior", choices=("background", "self"), default=None,
-                   help="prior on unpainted voxels (default: background for a fresh net, self "
-                        "when starting from a shipped model)")
-    p.add_argument("--norm", default="batch", choices=("batch", "instance", "group", "none"),
-                   help="normalisation layers of the fresh U-Net (recipe studies)")
-    p.add_argument("--width", type=int, default=None,
-                   help="base width of the fresh U-Net (default 16; recipe studies)")
-    p.add_argument("--depth", type=int, default=2,
-                   help="levels of the fresh U-Net (default 2; recipe studies)")
-    p.add_argument("--batch", type=int, default=None,
-                   help="crops per training step in every round (default: finetune's 4; recipe studies)")
-    p.add_argument("--fresh-recipe-every-round", action="store_true",
-                   help="a fresh net keeps lr 2e-3 + background prior in rounds 2+ too (the "
-                        "default before 2026-11-26 07:57; recipe studies)")
+    p.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
+    p.add_argument("--prior", choices=("background", "self", "voxel"), default=None,
+                   help="override the recipe's prior on unpainted voxels")
+    p.add_argument("--prior-weight", type=float, default=None, help="override its weight")
+    p.add_argument("--batch", dest="batch_size", type=int, default=None,
+                   help="crops per training step (recipe studies)")
     p.add_argument("--no-rf", action="store_true", help="skip the random forest")
-    p.add_argument("--no-scratch", action="store_true",
-                   help="with --model: skip the from-scratch loop (no dice_cnn_scratch)")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke test only: 2 rounds x 2 steps, batch 2, fresh net of width 8")
+    p.add_argument("--quick", action="store_true", help="smoke test: 2 rounds x 2 steps")
     args = p.parse_args(argv)
     if args.rounds is None:
         args.rounds = 2 if args.quick else 3
-    if args.quick and args.batch is None:
-        args.batch = 2
     if args.quick and args.steps_per_round is None:
         args.steps_per_round = 2
-    width = args.width or (8 if args.quick else 16)
-    if args.model and args.init_from:
-        raise SystemExit("--model and --init-from are exclusive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
     torch.manual_seed(args.seed)
+    volume, labels = load_task(args)
+    spacing = tuple(float(s) for s in volume.spacing)
+    user = user_for(args.user)
+    cnn = cnn_loop(args, volume, labels, user)
+    rf = None if args.no_rf else rf_loop(
+        args, np.asarray(volume.array, np.float32), labels, spacing, user)
 
-    img_vol = read_volume(args.image)
-    lab_vol = read_volume(args.labels)
-    image = np.asarray(img_vol.array, dtype=np.float32)
-    labels = np.asarray(lab_vol.array).astype(np.int64)
-    if image.shape != labels.shape:
-        raise SystemExit(f"image {image.shape} and labels {labels.shape} differ in shape")
-    if labels.min() < 0:
-        raise SystemExit("the label map has negative values; class labels must be 0, 1, 2, ...")
-    labels = compact_labels(labels)
-    spacing = tuple(float(s) for s in img_vol.spacing)
-    k = int(labels.max()) + 1
-    ft: dict[str, Any] = {}
-    if args.prior_weight is not None:
-        ft["prior_weight"] = args.prior_weight
-    ft.update(recipe(args, fresh=not args.model))
-    if args.steps_per_round is not None:
-        ft["steps"] = args.steps_per_round
+    def r4(values: list[float]) -> list[float]:
+        return [round(float(v), 4) for v in values]
 
-    rf = None
-    t_feat = 0.0
-    if not args.no_rf:
-        t0 = time.perf_counter()
-        from _rf_baseline import RandomForestBaseline, rf_features  # scikit-learn: only here
-
-        rf = RandomForestBaseline(rf_features(image), seed=args.seed)
-        t_feat = time.perf_counter() - t0
-
-    if args.model:
-        from napari_cnnseg.core.models import resolve_model
-
-        model = resolve_model(args.model)
-        if int(model.num_classes) != k:
-            raise SystemExit(f"model {args.model} has {model.num_classes} classes, the labels {k}")
-    elif args.init_from:
-        from napari_cnnseg.core.models import adapt_head, resolve_model
-
-        model = adapt_head(resolve_model(args.init_from), k)
-    else:
-        model = make_net(k, spacing, width, norm=args.norm, depth=args.depth)  # type: ignore[arg-type]
-    later = later_round_settings(args)
-    res = run_loop(model, image, labels, spacing, args.rounds, args.seed,
-                   args.seconds_per_round, rf, later=later, **ft)
     out: dict[str, Any] = {
-        "bench": "scribbles",
-        "image": str(args.image),
-        "shape": list(image.shape),
-        "classes": k,
-        "seed": args.seed,
-        "cnn_start": (f"model {args.model}" if args.model else
-                      f"body of {args.init_from} + new head" if args.init_from else "fresh"),
+        "bench": "scribbles", "image": str(args.image), "shape": list(labels.shape),
+        "classes": int(labels.max()) + 1, "seed": args.seed, "user": args.user,
+        "synthetic_lesion": args.synthetic_lesion,
+        "cnn_start": f"model {args.model}" if args.model else "new net",
         "rounds": args.rounds,
-        "dice_cnn_rounds": [round(d, 4) for d in res["dice_cnn_rounds"]],
-        "dice_rf_rounds": [round(d, 4) for d in res["dice_rf_rounds"]],
-        "dice_cnn": round(res["dice_cnn_rounds"][-1], 4),
-        "dice_rf": round(res["dice_rf_rounds"][-1], 4) if res["dice_rf_rounds"] else None,
-        "seconds_cnn": round(res["seconds_cnn"], 2),
-        "seconds_rf": round(rf.seconds + t_feat, 2) if rf else None,
-        "labelled_voxels": res["labelled_voxels"],
+        "dice_cnn_rounds": r4(cnn["dice"]),
+        "dice_rf_rounds": r4(rf["dice"]) if rf else [],
+        "dice_cnn": round(cnn["dice"][-1], 4),
+        "dice_rf": round(rf["dice"][-1], 4) if rf else None,
+        "mean_cnn": round(float(np.mean(cnn["dice"])), 4),
+        "mean_rf": round(float(np.mean(rf["dice"])), 4) if rf else None,
+        "seconds_cnn": round(sum(cnn["train_s"]), 2),
+        "features_seconds": round(cnn["features_s"], 2),
+        "steps_cnn_rounds": cnn["steps"],
+        "refresh_seconds": [round(s, 2) for s in cnn["refresh_s"]],
+        "seconds_rf": round(rf["seconds"], 2) if rf else None,
+        "labelled_voxels_cnn": cnn["labelled"],
+        "labelled_voxels_rf": rf["labelled"] if rf else None,
+        "peak_rss_mb_cnn": round(cnn["peak_rss_mb"], 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
         "quick": bool(args.quick),
     }
-    if args.model and not args.no_scratch:
-        ft.update(recipe(args, fresh=True))
-        scratch = run_loop(make_net(k, spacing, width, norm=args.norm, depth=args.depth), image, labels, spacing, args.rounds,  # type: ignore[arg-type]
-                           args.seed, args.seconds_per_round, None, later=later, **ft)
-        out["dice_cnn_scratch"] = round(scratch["dice_cnn_rounds"][-1], 4)
     emit(out)
     return 0
 

@@ -39,7 +39,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_scribbles import crop_for, make_net  # noqa: E402
+from _unet import crop_for, make_net  # noqa: E402
 
 from napari_cnnseg.core.inference import predict  # noqa: E402
 from napari_cnnseg.core.metrics import dice_per_class, mean_foreground_dice  # noqa: E402

@@ -8,6 +8,7 @@ TINY = {
     "unet": dict(depth=2, base_width=4),
     "encoder_decoder": dict(depth=2, base_width=4),
     "multiscale": dict(widths=[4, 4], head_widths=[8]),
+    "feature_net": dict(sigmas=[[0, 1, 1], [0.5, 2, 2]], width=8),
 }
 #: the phantom's classes (``make_phantom``)
 CLASSES = ["background", "organ", "vessel", "lesion"]

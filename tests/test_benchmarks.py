@@ -117,8 +117,9 @@ def test_bench_scribbles_quick(tmp_path):
     lab_path = write_volume(tmp_path / "labels.mha", labels)
     r = run_bench("bench_scribbles.py", "--image", str(img_path), "--labels", str(lab_path),
                   "--quick")
-    check_numbers(r, ["dice_cnn", "dice_rf", "seconds_cnn", "seconds_rf", "rounds",
-                      "labelled_voxels"])
+    check_numbers(r, ["dice_cnn", "dice_rf", "mean_cnn", "mean_rf", "seconds_cnn", "seconds_rf",
+                      "rounds", "labelled_voxels_cnn", "labelled_voxels_rf", "features_seconds",
+                      "peak_rss_mb_cnn"])
     rounds = r["rounds"]
     assert rounds == 2 and r["quick"] is True
     for key in ("dice_cnn_rounds", "dice_rf_rounds"):
@@ -127,7 +128,29 @@ def test_bench_scribbles_quick(tmp_path):
         assert all(isinstance(v, (int, float)) and 0.0 <= v <= 1.0 for v in values), values
     assert r["dice_cnn"] == r["dice_cnn_rounds"][-1]
     assert r["dice_rf"] == r["dice_rf_rounds"][-1]
-    assert r["labelled_voxels"] > 0
+    assert r["labelled_voxels_cnn"] > 0 and r["user"] == "clinician"
+    assert len(r["refresh_seconds"]) == rounds and len(r["steps_cnn_rounds"]) == rounds
+
+
+def test_clinician_user_paints_inside_the_truth_and_corrects_its_own_errors():
+    sys.path.insert(0, str(BENCH))
+    from _clinician import correction_strokes, initial_strokes
+    from _synthetic_lesions import insert_lesion
+
+    from napari_cnnseg.core.sample_data import load_brain_t1
+
+    vol, _ = load_brain_t1()
+    image, mask = insert_lesion(vol.array, vol.spacing, seed=2)
+    assert mask.sum() > 10 and not np.array_equal(image, vol.array)
+    labels = mask.astype(np.int64)
+    scr = initial_strokes(labels, vol.spacing, seed=0)
+    np.testing.assert_array_equal(scr, initial_strokes(labels, vol.spacing, seed=0))  # seeded
+    painted = scr > 0
+    np.testing.assert_array_equal(scr[painted] - 1, labels[painted])  # always the true class
+    assert (scr == 2).any() and (scr == 1).sum() > (scr == 2).sum()
+    empty = np.zeros_like(labels)  # a method that found nothing gets lesion strokes
+    more = correction_strokes(labels, empty, scr, vol.spacing, seed=1)
+    assert (more == 2).sum() > (scr == 2).sum() and (more[scr > 0] == scr[scr > 0]).all()
 
 
 def test_bench_scribbles_compacts_sparse_label_values():

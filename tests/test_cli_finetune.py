@@ -204,6 +204,26 @@ def test_finetune_from_an_architecture_name_uses_the_interactive_net(files, caps
     assert {k: cfg[k] for k in interactive_config("unet")} == interactive_config("unet")
 
 
+def test_finetune_without_a_model_builds_the_new_task_net(files, capsys):
+    """No -m: the dock's default new net for the image's spacing, marked as a new task, so a
+    later `-m CHECKPOINT` round goes on with the new-task recipe."""
+    from napari_cnnseg.core.models import interactive_config
+    from napari_cnnseg.core.training import started_new
+
+    tmp, p = files
+    rc = main(["finetune", str(p["image"]), "-s", str(p["scr"]), "-o", str(tmp / "new"),
+               "--steps", "1", "--batch", "2"])
+    assert rc == 0, capsys.readouterr().err
+    model = load_model(tmp / "new.safetensors")
+    assert model.arch_name == "feature_net" and started_new(model)
+    spacing = read_volume(p["image"]).spacing
+    assert model.get_config()["sigmas"] == interactive_config("feature_net", spacing)["sigmas"]
+    rc = main(["finetune", str(p["image"]), "-s", str(p["scr"]), "-m", str(tmp / "new.safetensors"),
+               "-o", str(tmp / "round2"), "--steps", "1", "--batch", "2"])
+    assert rc == 0, capsys.readouterr().err
+    assert started_new(load_model(tmp / "round2.safetensors"))
+
+
 def test_evaluate_warns_when_the_prediction_looks_like_an_image(files, tmp_path, caplog):
     _, p = files
     gt = read_volume(p["gt"])

@@ -308,7 +308,8 @@ def test_multiscale_alignment_rule():
 
 # --- registry --------------------------------------------------------------------------------
 def test_registry_names_and_defaults():
-    assert set(architecture_names()) == {"patch_classifier", "unet", "encoder_decoder", "multiscale"}
+    assert set(architecture_names()) == {"patch_classifier", "unet", "encoder_decoder", "multiscale",
+                                         "feature_net"}
     for name in architecture_names():
         cfg = default_config(name)
         assert json.loads(json.dumps(cfg)) == cfg

@@ -287,6 +287,7 @@ def test_new_networks_default_to_the_fast_interactive_settings(tmp_path):
 
 def test_finetune_uses_the_measured_recipe_for_the_model_start(session, phantom, monkeypatch):
     import napari_cnnseg.core.training as training
+    from napari_cnnseg.core.models import build_model
 
     seen = []
     real = training.finetune
@@ -299,17 +300,20 @@ def test_finetune_uses_the_measured_recipe_for_the_model_start(session, phantom,
     scr = _scribbles_from(np.asarray(phantom[1].array))
     small = {"steps": 1, "refresh": False, "batch_size": 2, "crop_shape": (4, 8, 8)}
     assert session.model_is_fresh
-    session.finetune(scr, **small)  # an untrained net: the fresh recipe
-    assert not session.model_is_fresh  # fine-tuned once: a trained net from now on
+    session.finetune(scr, **small)  # an untrained net: the new-task recipe
+    assert not session.model_is_fresh  # fine-tuned once
     assert session.describe_model().splitlines()[0].endswith("(new, fine-tuned 1× here)")
-    session.finetune(scr, **small)
+    session.finetune(scr, **small)  # a net that started new keeps the new-task recipe
     assert session.undo() and not session.model_is_fresh
     assert session.undo() and session.model_is_fresh  # back to the untrained weights
-    session.set_model(session.model, source="a checkpoint")
+    session.model.meta = {**session.model.meta, "new_task": False}
+    session.set_model(session.model, source="a checkpoint")  # a trained start
     assert not session.model_is_fresh
-    session.set_model(session.model, source="new unet.safetensors")  # a name, not a state
-    assert not session.model_is_fresh
+    session.finetune(scr, **small)
     session.finetune(scr, lr=1e-4, **small)  # explicit settings win
-    fresh, trained = training.recommended_settings(True), training.recommended_settings(False)
-    assert seen == [(fresh["lr"], fresh["prior"]), (trained["lr"], trained["prior"]),
-                    (1e-4, trained["prior"])]
+    new, trained = training.recommended_settings(True), training.recommended_settings(False)
+    assert new["prior"] == "background" and trained["prior"] == "self"
+    per_voxel = training.recommended_settings(True, build_model("feature_net", context_layers=0))
+    assert per_voxel["prior_weight"] < new["prior_weight"]
+    assert seen == [(new["lr"], new["prior"]), (new["lr"], new["prior"]),
+                    (trained["lr"], trained["prior"]), (1e-4, trained["prior"])]

@@ -487,7 +487,7 @@ def test_finetune_run_with_scribbles_probability_and_saved_model(tmp_path, capsy
     tuned = load_model(new_model)
     assert tuned.num_classes == 4 and tuned.meta["class_names"][0] == "background"
     assert "fine-tuned in 3D Slicer" in tuned.meta["description"]
-    trained = training.recommended_settings(fresh=False)  # a checkpoint is a trained start
+    trained = training.recommended_settings(False)  # a trained checkpoint is a trained start
     assert seen == [(trained["lr"], trained["prior"])]
 
 

@@ -22,7 +22,6 @@ data) and belongs to the thread that owns those arrays (the GUI thread).
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import time
@@ -54,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 #: registry names of the network families offered as "New untrained ..." models
 FAMILIES: dict[str, str] = {
+    "feature_net": "Feature net (recommended for a new structure)",
     "patch_classifier": "Patch classifier",
     "unet": "U-Net",
     "encoder_decoder": "Encoder-decoder",
@@ -108,6 +108,9 @@ class Session:
         self._versions: list[dict[str, Any]] = []
         self._tuned = 0  # fine-tuning rounds applied to the current model (Undo steps back)
         self._untrained = False  # the current model was built untrained (see model_is_fresh)
+        #: labels keep only the regions of a painted class that touch its strokes (after
+        #: fine-tuning; see ``segment``)
+        self.keep_stroke_components = True
         self._weights_step = 0
         self._store: ScribbleStore | None = None
 
@@ -213,15 +216,33 @@ class Session:
             raise InputError("a segmentation model needs at least 2 classes (background + one)")
         if in_channels is None:
             in_channels = self.num_channels if self.volume is not None else 1
-        config = {**interactive_config(family), **config}  # fast on a CPU unless overridden
+        spacing = tuple(self.volume.spacing) if self.volume is not None else None
+        # the recommended net for a new task on this grid, unless overridden
+        config = {**interactive_config(family, spacing), **config}
         model = build_model(
             family, in_channels=int(in_channels), num_classes=len(class_names), **config
         )
         meta = dict(getattr(model, "meta", None) or {})
-        meta.update(class_names=list(class_names), description=f"untrained {FAMILIES[family]}")
+        meta.update(class_names=list(class_names), description=f"untrained {FAMILIES[family]}",
+                    new_task=True)
         model.meta = meta
         self.set_model(model, source=f"new {family}", untrained=True)
         return model
+
+    def prepare_features(self) -> float:
+        """Compute the fixed filters of a ``feature_net`` over the image now (cached for the
+        rounds and refreshes that follow); returns the seconds it took (0 if nothing to do).
+
+        The docks call it in the background when a new net is made, while the user paints."""
+        if self.model is None or self.volume is None or not hasattr(self.model, "head_margin"):
+            return 0.0
+        from .core.models.feature_net import cached_features
+        from .core.normalization import DEFAULT_NORMALIZATION
+
+        t0 = time.perf_counter()
+        spec = (getattr(self.model, "meta", None) or {}).get("normalization") or DEFAULT_NORMALIZATION
+        cached_features(self.model, self.volume.array, dict(spec))
+        return time.perf_counter() - t0
 
     def _require_model(self) -> None:
         if self.model is None:
@@ -352,14 +373,28 @@ class Session:
         return np.asarray(probs, dtype=np.float32)
 
     def segment(
-        self, *, progress: ProgressFn | None = None, cancel: CancelFn | None = None
+        self, *, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+        scribbles: np.ndarray | None = None,
     ) -> Results:
-        """Predict the whole volume with the current model; stores and returns the results."""
+        """Predict the whole volume with the current model; stores and returns the results.
+
+        With ``scribbles`` (Z, Y, X), :attr:`keep_stroke_components` on and a two-class model
+        (one structure on a background), predicted regions of the structure that touch none of
+        its strokes are set to background in the label map (``core.postprocess``); the
+        probability maps stay as predicted.
+        """
         self.check_ready()
         step = self._weights_step
         probs = self._predict(None, progress, cancel)
         k = probs.shape[0]
         labels = np.argmax(probs, axis=0).astype(labels_dtype(k))
+        if self.keep_stroke_components:
+            from .core.postprocess import applies_to, apply_stroke_seeds, keep_stroke_components
+
+            if scribbles is None:  # the strokes the model was last fine-tuned on, if any
+                labels = apply_stroke_seeds(labels, getattr(self.model, "meta", None) or {}, k)
+            elif applies_to(k):
+                labels = keep_stroke_components(labels, scribbles)
         results = Results(labels, probs, normalized_entropy(probs), weights_step=step)
         self.results = results
         return results
@@ -417,12 +452,6 @@ class Session:
         res.uncertainty[update.roi] = update.uncertainty
         res.weights_step = update.weights_step
         return True
-
-    def refresh_region(self, roi: Roi, *, cancel: CancelFn | None = None) -> RegionUpdate:
-        """:meth:`predict_region` then :meth:`apply_region` (single-threaded use)."""
-        update = self.predict_region(roi, cancel=cancel)
-        self.apply_region(update)
-        return update
 
     # ------------------------------------------------------------- fine-tuning
     def check_scribbles(self, scribbles: np.ndarray) -> np.ndarray:
@@ -503,9 +532,19 @@ class Session:
             **train_options: more keyword arguments for ``core.training.finetune`` (lr,
                 batch_size, crop_shape, prior_weight, keep_best, device, precision, ...).
         """
-        from .core.training import FinetuneHistory, finetune, recommended_settings
+        from .core.training import (
+            FinetuneHistory,
+            finetune,
+            recommended_crop,
+            recommended_settings,
+            started_new,
+        )
 
-        train_options = {**recommended_settings(self.model_is_fresh), **train_options}
+        # the recipe follows where the net started: new for this task, or trained elsewhere
+        train_options = {"crop_shape": recommended_crop(self.spatial_shape, self.volume.spacing),
+                         **recommended_settings(self._untrained or started_new(self.model),
+                                                self.model),
+                         **train_options}
         scribbles = self.check_scribbles(scribbles)
         every = max(1, int(refresh_every))
         outcome = FinetuneOutcome(history=FinetuneHistory())
@@ -565,7 +604,7 @@ class Session:
         outcome.losses = [float(x) for x in outcome.history.losses]
         model.eval()
         if refresh:
-            outcome.results = self.segment(progress=refresh_progress)
+            outcome.results = self.segment(progress=refresh_progress, scribbles=scribbles)
         return outcome
 
     def save_model(self, path: str | os.PathLike) -> Path:
@@ -578,10 +617,6 @@ class Session:
             meta["spacing"] = [float(s) for s in self.volume.spacing]
             meta["fine_tuned_on"] = self.image_name
         return Path(save_model(path, self.model, **meta))
-
-    def copy_model(self) -> Any:
-        """A deep copy of the current model (e.g. to compare weights)."""
-        return copy.deepcopy(self.model)
 
     # ------------------------------------------------------------- autosave
     @property

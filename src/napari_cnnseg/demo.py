@@ -29,12 +29,6 @@ from ._session import Session
 
 logger = logging.getLogger(__name__)
 
-#: small U-Net used when no model is shipped (anisotropic first level for 3 mm slices)
-FALLBACK_CONFIG = {
-    "depth": 2, "base_width": 8, "padding": "valid", "anisotropic_levels": 1,
-    "upsampling": "trilinear",
-}
-FALLBACK_LR = 3e-3
 #: camera (rx, ry, rz) in degrees of the 3D screenshot
 CAMERA_3D = (-25.0, 35.0, 150.0)
 
@@ -91,12 +85,14 @@ def prepare_session(
         session.load_model(model)
         info["model"] = model
     else:
-        session.new_model("unet", list(truth.metadata.get("class_names", ["background", "brain"])),
-                          **FALLBACK_CONFIG)
+        from .core.models.registry import NEW_TASK_FAMILY
+
+        # no shipped model: the net and recipe the Fine-tune dock starts a new structure with
+        session.new_model(NEW_TASK_FAMILY,
+                          list(truth.metadata.get("class_names", ["background", "brain"])))
         t0 = time.perf_counter()
-        # from scratch: a higher learning rate than finetune's default (meant for small corrections)
-        outcome = session.finetune(strokes, seconds=seconds, refresh=False, lr=FALLBACK_LR)
-        info["model"] = f"new U-Net fine-tuned {len(outcome.losses)} steps on the demo strokes"
+        outcome = session.finetune(strokes, seconds=seconds, refresh=False)
+        info["model"] = f"new feature net fine-tuned {len(outcome.losses)} steps on the demo strokes"
         info["finetune_s"] = round(time.perf_counter() - t0, 1)
         info["painted_voxels"] = int(np.count_nonzero(strokes))
     t0 = time.perf_counter()

@@ -218,18 +218,25 @@ def run_segmentation(args: argparse.Namespace, stream: TextIO | None = None) -> 
     progress(1, 1)
 
     if finetuning:
-        from ..core.training import finetune, recommended_settings
+        from ..core.training import (
+            finetune,
+            recommended_crop,
+            recommended_settings,
+            started_new,
+        )
 
         progress.stage("finetune", f"Fine-tuning on scribbles ({args.finetuneSeconds:g} s)")
         train_precision = args.precision
         if train_precision not in FINETUNE_PRECISIONS:
             log.warning("fine-tuning does not run in %s; it uses precision auto", train_precision)
             train_precision = "auto"
-        # a shipped model or checkpoint is a trained start: the recipe the Fine-tune dock and
-        # `cnnseg finetune` use for one (gentle lr, self prior), not finetune's bare defaults
+        # the recipe the Fine-tune dock and `cnnseg finetune` use for this start: a checkpoint
+        # of a net that started new for its task goes on with the new-task recipe, a shipped
+        # or trained model is adapted gently (self prior)
         finetune(model, image.array, scribbles, seconds=float(args.finetuneSeconds),
                  progress=progress, device=args.device, precision=train_precision,
-                 **recommended_settings(fresh=False))
+                 crop_shape=recommended_crop(image.array.shape[-3:], image.spacing),
+                 **recommended_settings(started_new(model), model))
         if args.outputModel:
             from ..core.models import save_model
 

@@ -1,4 +1,4 @@
-"""``cnnseg finetune IMAGE --scribbles S -m MODEL -o NEWMODEL``: fine-tune a model on scribbles.
+"""``cnnseg finetune IMAGE --scribbles S [-m MODEL] -o NEWMODEL``: fine-tune a model on scribbles.
 
 Example::
 
@@ -9,10 +9,12 @@ Example::
     brain_head1.safetensors
 
 Scribbles are a label map on the image grid: 0 = unlabelled, k = class k-1 (1 = background).
-``-m`` takes a checkpoint path, a shipped model name, or an architecture name (``unet``,
-``multiscale``, ...) to start from a fresh network with as many classes as the scribbles use.
-Unpainted voxels are pulled weakly towards the starting model's own predictions (a trained
-model keeps what it got right) or, for a fresh network, towards background (``--prior``).
+Without ``-m`` a new net for a new structure is built (the Fine-tune dock's default: a
+``feature_net`` for the image's spacing, as many classes as the scribbles use); ``-m`` takes a
+checkpoint path or shipped model name to go on from (a checkpoint saved from a new net goes on
+with the new-net recipe, as the dock's later rounds do), or an architecture name (``unet``,
+``multiscale``, ...) for a fresh net of that family. The recipe (lr, prior on unpainted voxels)
+follows the start: ``core.training.recommended_settings``.
 Progress goes to stderr; the checkpoint (``NEWMODEL.safetensors`` + ``.json``) is written
 atomically and its path printed on stdout.
 """
@@ -40,8 +42,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("image", metavar="IMAGE", help="image volume (NIfTI, NRRD, TIFF, Zarr, DICOM...)")
     p.add_argument("--scribbles", "-s", required=True, metavar="S",
                    help="scribble label map on the image grid (0 = unlabelled, k = class k-1)")
-    p.add_argument("-m", "--model", required=True,
-                   help="checkpoint path, shipped model name, or architecture name for a fresh net")
+    p.add_argument("-m", "--model", default=None,
+                   help="checkpoint path or shipped model name to go on from, or an architecture "
+                        "name for a fresh net of that family (default: the recommended new net for "
+                        "a new structure, as the Fine-tune dock's default)")
     p.add_argument("-o", "--output", required=True, metavar="NEWMODEL",
                    help="output checkpoint stem (.safetensors/.json added)")
     budget = p.add_mutually_exclusive_group()
@@ -52,13 +56,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "architecture)")
     p.add_argument("--batch", type=int, default=4, help="crops per step (default 4)")
     p.add_argument("--crop", nargs=3, type=int, metavar=("Z", "Y", "X"),
-                   help="output crop per sample (default 16 48 48, clipped to the image)")
+                   help="output crop per sample (default: 64 in-plane, the same width in mm "
+                        "along z within 4..16 slices, clipped to the image)")
     p.add_argument("--prior-weight", type=float, default=None,
                    help="weight of the background prior on unpainted voxels (0 = off)")
-    p.add_argument("--prior", choices=("background", "self"), default=None,
-                   help="what unpainted voxels are pulled towards: class 0, or the starting "
-                        "model's own predictions (default: self for a checkpoint or shipped "
-                        "model, background for a fresh architecture)")
+    p.add_argument("--prior", choices=("background", "self", "voxel"), default=None,
+                   help="what unpainted voxels are pulled towards: class 0 (background: "
+                        "class-balanced; voxel: each unpainted voxel a weak background target), "
+                        "or the starting model's own predictions (default: the recipe of the "
+                        "start, see docs/training.md)")
     p.add_argument("--channel", type=int, default=None, help="channel of a multi-channel image")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
@@ -145,8 +151,10 @@ def _can_write_in(folder: Path) -> bool:
         return False
 
 
-def _load_model(spec: str, num_classes: int, in_channels: int):
-    """(model, fresh): a checkpoint / shipped model, or a fresh net of an architecture name."""
+def _load_model(spec: str | None, num_classes: int, in_channels: int, spacing):
+    """(model, new_task): a checkpoint / shipped model, or a new net (``spec`` None = the
+    recommended family, or an architecture name). ``new_task``: the net started untrained
+    for this task (also a checkpoint saved from such a net), so its recipe applies."""
     from ..core.models import (
         architecture_names,
         build_model,
@@ -154,11 +162,19 @@ def _load_model(spec: str, num_classes: int, in_channels: int):
         list_pretrained,
         resolve_model,
     )
+    from ..core.models.registry import NEW_TASK_FAMILY
+    from ..core.training import started_new
 
-    if spec in architecture_names() and spec not in list_pretrained() and not Path(spec).exists():
-        return build_model(spec, in_channels=in_channels, num_classes=max(2, num_classes),
-                           **interactive_config(spec)), True
-    return resolve_model(spec), False
+    if spec is None:
+        spec = NEW_TASK_FAMILY
+    elif not (spec in architecture_names() and spec not in list_pretrained()
+              and not Path(spec).exists()):
+        model = resolve_model(spec)
+        return model, started_new(model)
+    model = build_model(spec, in_channels=in_channels, num_classes=max(2, num_classes),
+                        **interactive_config(spec, spacing))
+    model.meta = {**(getattr(model, "meta", None) or {}), "new_task": True}
+    return model, True
 
 
 def run(args: argparse.Namespace) -> int:
@@ -169,9 +185,9 @@ def run(args: argparse.Namespace) -> int:
     from ..core.io import read_volume
     from ..core.models import model_meta, save_model
     from ..core.training import (
-        DEFAULT_PRIOR_WEIGHT,
         FinetuneHistory,
         finetune,
+        recommended_crop,
         recommended_settings,
     )
     from .segment import check_image_values
@@ -194,12 +210,13 @@ def run(args: argparse.Namespace) -> int:
     scribbles = check_scribbles(scrib.array, image.array.shape[-3:],
                                 what=f"scribbles {Path(args.scribbles).name}").astype(np.int64)
     in_ch = 1 if image.array.ndim == 3 else image.array.shape[0]
-    model, fresh = _load_model(args.model, int(scribbles.max()), in_ch)
+    model, fresh = _load_model(args.model, int(scribbles.max()), in_ch,
+                               tuple(float(v) for v in image.spacing))
     k = int(getattr(getattr(model, "source_model", None) or model, "num_classes", 0) or 0)
     if args.class_names and k and len(args.class_names) != k:
         raise InputError(f"--class-names gives {len(args.class_names)} name(s) but the model has "
                          f"{k} classes; give {k} names, background first")
-    recipe = recommended_settings(fresh)  # what docs/training.md measured for this start
+    recipe = recommended_settings(fresh, model)  # what docs/training.md measured for this start
     prior = args.prior or recipe["prior"]
     live = FinetuneHistory()
     progress = None if args.quiet else _Progress(live, estimated=args.steps is None
@@ -207,8 +224,9 @@ def run(args: argparse.Namespace) -> int:
     history = finetune(
         model, np.asarray(image.array), scribbles, steps=args.steps, seconds=args.seconds,
         lr=recipe["lr"] if args.lr is None else args.lr, batch_size=args.batch,
-        crop_shape=tuple(args.crop) if args.crop else None,
-        prior_weight=DEFAULT_PRIOR_WEIGHT if args.prior_weight is None else args.prior_weight,
+        crop_shape=tuple(args.crop) if args.crop else recommended_crop(
+            image.array.shape[-3:], image.spacing),
+        prior_weight=recipe["prior_weight"] if args.prior_weight is None else args.prior_weight,
         prior=prior,
         device=args.device, precision=args.precision, seed=args.seed, progress=progress,
         history=live,

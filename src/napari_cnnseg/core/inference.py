@@ -344,6 +344,15 @@ def predict(
     norm = normalization or meta.get("normalization") or DEFAULT_NORMALIZATION
     stats = compute_stats(image, norm)
     dev = resolve_device(device)
+    if _per_voxel_feature_net(model) and roi is None and isinstance(image, np.ndarray):
+        # fixed filters + per-voxel head: filter the whole volume once (cached), no tiles
+        from .models.feature_net import cached_features, predict_features
+
+        feats = cached_features(model, image, norm, dev)
+        report(progress, 0, 1)
+        result = predict_features(model, feats, out, dev)
+        report(progress, 1, 1)
+        return result
     # exact_roi: a same net's tiles (and default tile) are those of the whole image
     tile_region = tuple(img.shape[1:]) if exact_roi and spec.padding != "valid" else region_shape
     tile = default_tile_shape(spec, tile_region, tile_shape)
@@ -370,6 +379,11 @@ def predict(
             dev = torch.device("cpu")
             tile = default_tile_shape(spec, tile_region, tile_shape)
             precision = "fp32" if str(precision).lower() == "fp16" else precision
+
+
+def _per_voxel_feature_net(model: nn.Module) -> bool:
+    """A ``FeatureNet`` without context layers (see ``models.feature_net``)."""
+    return hasattr(model, "head_margin") and not any(model.head_margin)
 
 
 def _shrink_tile(spec: NetSpec, tile: Sequence[int]) -> tuple[int, int, int] | None:

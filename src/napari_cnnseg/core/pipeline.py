@@ -185,6 +185,10 @@ def segment_volume(
     probs = predict(volume.array, model, out=probabilities_out, **predict_kwargs)
     names = class_names_for(model, k)
     label_arr, unc_arr = _reduce(probs, labels_out, uncertainty_out, uncertainty)
+    if labels_out is None:  # the strokes a fine-tuned model remembers (core.postprocess)
+        from .postprocess import apply_stroke_seeds
+
+        label_arr = apply_stroke_seeds(label_arr, getattr(model, "meta", None) or {}, k)
     labels = volume.with_array(label_arr, class_names=names)
     unc = volume.with_array(unc_arr, class_names=names) if uncertainty else None
     prob_vol = volume.with_array(probs, class_names=names) if probabilities else None

@@ -18,7 +18,9 @@ Loss (see :func:`scribble_loss`):
   strokes alone fits the strokes and then paints far too much foreground; with it the net
   learns "foreground only where it looks like painted foreground". Set 0 to switch it off.
 
-Speed on CPU: batch >= 2, ``channels_last_3d``, bf16 autocast where the CPU supports it,
+A ``feature_net`` (fixed filters + per-voxel head) trains on sampled voxels of its
+precomputed features instead (``core.pointwise_training``). Which settings a round uses is
+``core.recipes`` (re-exported here). Speed on CPU: batch >= 2, ``channels_last_3d``, bf16 autocast where the CPU supports it,
 AdamW. Deterministic for a given ``seed`` on a given machine and thread count.
 With ``keep_best`` the weights scoring lowest on a fixed set of scribble crops are kept, so a
 round never ends on a spike.
@@ -35,36 +37,27 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import InputError
 from .jobs import CancelFn, ProgressFn, check_cancel, report
+from .losses import scribble_loss
 from .normalization import DEFAULT_NORMALIZATION, apply_stats, compute_stats
+from .postprocess import stroke_seeds
+from .recipes import (  # noqa: F401 - re-exported: callers import the recipe from here too
+    DEFAULT_CROP,
+    DEFAULT_PRIOR_WEIGHT,
+    DEFAULT_STEPS,
+    NEW_TASK_SETTINGS,
+    PRIORS,
+    TRAINED_NET_SETTINGS,
+    recommended_crop,
+    recommended_settings,
+    started_new,
+)
 from .sampling import CropGeometry, ScribbleSampler
 
 log = logging.getLogger(__name__)
-
-#: default weight of the background prior on unpainted voxels, relative to the painted term
-DEFAULT_PRIOR_WEIGHT = 0.3
-#: default output crop (Z, Y, X) of a training sample (clipped to the image size)
-DEFAULT_CROP = (16, 48, 48)
-DEFAULT_STEPS = 100
-#: the recipe measured in docs/training.md, by starting point: an untrained net needs larger
-#: steps and the background prior; a trained one is adapted gently and keeps its own
-#: predictions where nobody painted (the background prior cost 0.14 Dice there)
-FRESH_NET_SETTINGS: dict[str, Any] = {"lr": 2e-3, "prior": "background"}
-TRAINED_NET_SETTINGS: dict[str, Any] = {"lr": 5e-4, "prior": "self"}
-
-
-def recommended_settings(fresh: bool) -> dict[str, Any]:
-    """``finetune`` settings (lr, prior) for a net that started untrained (``fresh``) or trained.
-
-    The GUI, ``cnnseg finetune`` and ``benchmarks/bench_scribbles.py`` all use these, so what
-    users get is what the benchmark measured; explicit settings override them.
-    """
-    return dict(FRESH_NET_SETTINGS if fresh else TRAINED_NET_SETTINGS)
-
 
 @dataclass
 class FinetuneHistory:
@@ -83,60 +76,6 @@ class FinetuneHistory:
     steps: int = 0
     best_step: int | None = None
     eval_losses: list[tuple[int, float]] = field(default_factory=list)
-
-
-# --------------------------------------------------------------------------- loss
-def scribble_loss(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    prior_weight: float = DEFAULT_PRIOR_WEIGHT,
-    dice_weight: float = 0.0,
-    prior_target: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Loss of a batch of predictions against sparse scribbles.
-
-    Args:
-        logits: (N, K, Z, Y, X) class scores.
-        target: (N, Z, Y, X) int64; 0 = unpainted, k = class k-1.
-        prior_weight: weight of the background prior on unpainted voxels relative to the
-            painted cross-entropy (0 = unpainted voxels do not count at all).
-        dice_weight: weight of a soft Dice term over painted voxels (0 = off).
-        prior_target: (N, K, Z, Y, X) class probabilities the unpainted voxels are pulled
-            towards (the "self" prior: the model's own predictions before fine-tuning);
-            None = background (class 0).
-
-    Returns:
-        Scalar loss (float32). Zero (with a gradient) when nothing counts.
-    """
-    logits = logits.float()
-    painted = target > 0
-    cls = (target - 1).clamp(min=0)
-    logp = F.log_softmax(logits, dim=1)
-    nll = -logp.gather(1, cls.unsqueeze(1)).squeeze(1)  # (N, Z, Y, X)
-    loss = logits.sum() * 0.0
-    present = torch.unique(target[painted])
-    if present.numel():
-        per_class = [nll[target == k].mean() for k in present.tolist()]
-        loss = loss + torch.stack(per_class).mean()
-        if dice_weight > 0:
-            k = logits.shape[1]
-            probs = logp.exp().movedim(1, -1)[painted]  # (P, K)
-            onehot = F.one_hot(cls[painted], k).to(probs.dtype)
-            inter = (probs * onehot).sum(0)
-            denom = probs.sum(0) + onehot.sum(0)
-            used = onehot.sum(0) > 0
-            dice = (2 * inter[used] + 1e-5) / (denom[used] + 1e-5)
-            loss = loss + dice_weight * (1 - dice.mean())
-    if prior_weight > 0:
-        unpainted = ~painted
-        if bool(unpainted.any()):
-            if prior_target is None:
-                prior_nll = -logp[:, 0]
-            else:
-                prior_nll = -(prior_target.float() * logp).sum(1)
-            loss = loss + prior_weight * prior_nll[unpainted].mean()
-    return loss
 
 
 # --------------------------------------------------------------------------- model glue
@@ -166,6 +105,10 @@ def crop_geometry(model: nn.Module, crop_shape: tuple[int, int, int] | None,
         crop_shape = tuple(min(c, s) for c, s in zip(DEFAULT_CROP, image_shape, strict=True))
     if len(crop_shape) != 3 or any(int(c) < 1 for c in crop_shape):
         raise InputError(f"crop_shape must be three positive sizes (z, y, x), got {crop_shape}")
+    if _trains_on_features(model):  # crops of the precomputed features: the head's margin only
+        hm = tuple(int(m) for m in model.head_margin)
+        out = tuple(int(c) for c in crop_shape)
+        return CropGeometry(tuple(o + 2 * m for o, m in zip(out, hm, strict=True)), out, hm)  # type: ignore[arg-type]
     margin = tuple(int(m) for m in getattr(model, "margin", (0, 0, 0)))
     want = tuple(int(c) + 2 * m for c, m in zip(crop_shape, margin, strict=True))
     in_shape = tuple(int(v) for v in model.valid_input_shape(want))
@@ -175,7 +118,14 @@ def crop_geometry(model: nn.Module, crop_shape: tuple[int, int, int] | None,
     return CropGeometry(in_shape, out_shape, margin)  # type: ignore[arg-type]
 
 
+def _trains_on_features(model: nn.Module) -> bool:
+    """A net with fixed input features (``FeatureNet``): trained on their precomputed volume."""
+    return hasattr(model, "head_margin") and hasattr(model, "head")
+
+
 def _forward(model: nn.Module, x: torch.Tensor, patch: bool) -> torch.Tensor:
+    if _trains_on_features(model):
+        return model.head(x)
     out = model(x)
     if patch and out.ndim == 2:
         out = out[:, :, None, None, None]
@@ -183,12 +133,8 @@ def _forward(model: nn.Module, x: torch.Tensor, patch: bool) -> torch.Tensor:
 
 
 def _resolve_device(spec: str | torch.device) -> torch.device:
-    try:
-        from .devices import resolve_device
-    except ImportError:  # devices module not there: minimal fallback
-        if str(spec) == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(str(spec))
+    from .devices import resolve_device
+
     return resolve_device(str(spec))
 
 
@@ -294,8 +240,9 @@ def finetune(
         image: (Z, Y, X) or (C, Z, Y, X) array, raw intensities.
         scribbles: int array (Z, Y, X) on the image grid; 0 = unlabelled, k = class k-1.
         steps: number of optimisation steps (default 100 when ``seconds`` is not given).
-        seconds: wall-clock budget of the whole call (set-up included); training stops
-            after the step that crosses it, and always makes at least one step.
+        seconds: wall-clock budget of the whole call (set-up included, except the fixed
+            features of a ``feature_net``, computed once per volume); training stops after the
+            step that crosses it, and always makes at least one step.
             With both given, whichever comes first.
         lr: AdamW learning rate.
         batch_size: crops per step (>= 1; 2 or more keeps the CPU on its fast path). A patch
@@ -333,6 +280,7 @@ def finetune(
         Cancelled: ``cancel()`` returned True.
     """
     start = time.perf_counter()  # the time budget covers the whole call, set-up included
+    asked_steps = steps
     if steps is None and seconds is None:
         steps = DEFAULT_STEPS
     if steps is not None and int(steps) < 0:
@@ -341,8 +289,8 @@ def finetune(
         raise InputError(f"seconds must be > 0, got {seconds}")
     if int(batch_size) < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    if prior not in ("background", "self"):
-        raise InputError(f"prior must be 'background' or 'self', got {prior!r}")
+    if prior not in PRIORS:
+        raise InputError(f"prior must be one of {', '.join(PRIORS)}, got {prior!r}")
     if prior_weight < 0 or dice_weight < 0:
         raise InputError("prior_weight and dice_weight must be >= 0")
     update_every = max(1, int(update_every or 10))
@@ -350,6 +298,20 @@ def finetune(
     dev = _resolve_device(device)
     bf16 = _use_bf16(dev, precision)
     patch = _is_patch_classifier(model)
+    if _trains_on_features(model):
+        from .models.feature_net import cached_features
+
+        norm = cached_features(model, image, spec, dev, norm=norm)
+        # the fixed features are computed once per volume (the Session does it ahead, while
+        # the user paints): not part of a round's training budget
+        start = time.perf_counter()
+        if not any(model.head_margin):  # per-voxel head: sampled voxels, no crops
+            from .pointwise_training import finetune_pointwise
+
+            return finetune_pointwise(model, norm, scr, spec, asked_steps, seconds, start,
+                                       lr=lr, prior_weight=prior_weight, seed=seed, dev=dev,
+                                       weight_decay=weight_decay, progress=progress,
+                                       cancel=cancel, history=history)
     geometry = crop_geometry(model, crop_shape, tuple(scr.shape))  # type: ignore[arg-type]
     sampler = ScribbleSampler(norm, scr, geometry, seed=seed, augment=augment)
     if patch:  # one output voxel per sample: draw many more samples per step
@@ -377,7 +339,8 @@ def finetune(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = _adamw(params, lr=lr, weight_decay=weight_decay, device=dev)
     history = FinetuneHistory() if history is None else history
-    loss_kw = {"prior_weight": float(prior_weight), "dice_weight": float(dice_weight)}
+    loss_kw = {"prior_weight": float(prior_weight), "dice_weight": float(dice_weight),
+               "voxel_prior": prior == "voxel"}
 
     def to_tensor(arr: np.ndarray, is_image: bool) -> torch.Tensor:
         t = torch.from_numpy(arr).to(dev)
@@ -481,6 +444,7 @@ def finetune(
                 model.to(memory_format=torch.contiguous_format)
     meta = dict(getattr(model, "meta", None) or {})
     meta["normalization"] = spec
+    meta["stroke_seeds"] = stroke_seeds(scr, seed)  # see core.postprocess
     model.meta = meta
     log.info("fine-tuned %d steps in %.1f s, last loss %.4f", step,
              history.times[-1] if history.times else 0.0,

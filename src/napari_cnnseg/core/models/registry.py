@@ -18,6 +18,7 @@ from ..errors import InputError
 
 
 def _architectures() -> dict[str, type[nn.Module]]:
+    from .feature_net import FeatureNet
     from .multiscale import MultiScaleNet
     from .patch_classifier import PatchClassifier
     from .unet import EncoderDecoder3D, UNet3D
@@ -27,6 +28,7 @@ def _architectures() -> dict[str, type[nn.Module]]:
         "unet": UNet3D,
         "encoder_decoder": EncoderDecoder3D,
         "multiscale": MultiScaleNet,
+        "feature_net": FeatureNet,
     }
 
 
@@ -90,24 +92,38 @@ def build_model(name: str, **config: Any) -> nn.Module:
         raise InputError(f"bad configuration for model {name!r} ({exc}); signature {sig}") from None
 
 
-#: Fresh-network settings for interactive fine-tuning on a CPU (GUI "New untrained ...",
-#: ``cnnseg finetune -m unet``, ``benchmarks/bench_scribbles.py``): a depth-2 valid U-Net whose
-#: top level uses 1x3x3 convolutions and 1x2x2 pooling. On the bundled T1 (2-core CPU, default
-#: crops, batch 4) a step takes 0.41 s against 6.2 s for the library default (depth 3, 3x3x3
-#: at full resolution), so a 20 s budget buys ~45 steps instead of ~3; the lower level is fully
-#: 3D, so isotropic volumes work too. This is the net behind the figures in docs/training.md.
+#: Fresh-network settings for interactive fine-tuning on a CPU: a depth-2 valid U-Net whose top
+#: level uses 1x3x3 convolutions and 1x2x2 pooling (a step takes 0.41 s on the bundled T1
+#: against 6.2 s for the library default).
 _SMALL_VALID_UNET: dict[str, Any] = {"depth": 2, "base_width": 16, "padding": "valid",
                                       "norm": "batch", "anisotropic_levels": 1}
 _INTERACTIVE: dict[str, dict[str, Any]] = {
     "unet": _SMALL_VALID_UNET,
     "encoder_decoder": _SMALL_VALID_UNET,  # the same net without skip connections
 }
+#: the in-plane scales (voxels) of the fixed filters of a new task's ``feature_net``
+FEATURE_SCALES = (1.0, 2.0, 4.0, 8.0, 16.0)
+#: the family a new task starts with (GUI "New ...", ``cnnseg finetune`` without ``-m``)
+NEW_TASK_FAMILY = "feature_net"
 
 
-def interactive_config(name: str) -> dict[str, Any]:
+def interactive_config(name: str, spacing: tuple[float, float, float] | None = None
+                       ) -> dict[str, Any]:
     """Settings (a fresh copy) for a *new* network of family ``name`` meant for interactive
-    fine-tuning on the CPU; ``{}`` where the family's defaults already are (see ``_INTERACTIVE``).
-    Explicit settings given by the caller take precedence over these.
+    fine-tuning on the CPU; ``{}`` where the family's defaults already are.
+
+    ``feature_net`` with the image's ``spacing`` (z, y, x): fixed filters at
+    :data:`FEATURE_SCALES` in-plane voxels and the same physical width along the other axes
+    (``features.scale_sigmas``), in-plane (1x3x3) context convolutions when z spacing >= 1.5x
+    the in-plane one, else 3x3x3. This is the net docs/training.md measured for a new
+    structure. Explicit settings given by the caller take precedence over these.
     """
     _check_name(name)
+    if name == "feature_net" and spacing is not None:
+        from .features import scale_sigmas
+
+        sp = [float(v) for v in spacing]
+        ratio = sp[0] / max(min(sp[1], sp[2]), 1e-9)
+        return {"sigmas": scale_sigmas(sp, FEATURE_SCALES), "context_layers": 0,
+                "context_kernel": "inplane" if ratio >= 1.5 else "3d"}
     return dict(_INTERACTIVE.get(name, {}))

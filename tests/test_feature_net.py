@@ -1,0 +1,146 @@
+"""The feature net (fixed multi-scale filters + learned head), its per-voxel training and the
+stroke-connected post-processing: the loop a new structure starts with."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from napari_cnnseg.core.errors import InputError
+from napari_cnnseg.core.inference import predict
+from napari_cnnseg.core.models import build_model, interactive_config, load_model, save_model
+from napari_cnnseg.core.models.features import InputFeatures, scale_sigmas
+from napari_cnnseg.core.postprocess import keep_stroke_components
+from napari_cnnseg.core.training import finetune, recommended_settings, started_new
+
+
+def _net(k=2, context=0):
+    return build_model("feature_net", in_channels=1, num_classes=k,
+                       sigmas=[[0, 1, 1], [0.5, 4, 4]], context_layers=context).eval()
+
+
+def test_gaussian_matches_scipy_with_replicate_borders():
+    f = InputFeatures(1, [[1.5, 3.0, 2.0]])
+    x = torch.rand(1, 1, 7, 30, 25)
+    ref = ndimage.gaussian_filter(x[0, 0].double().numpy(), (1.5, 3.0, 2.0), mode="nearest",
+                                  truncate=3.0)
+    assert np.abs(f(x)[0, 1].numpy() - ref).max() < 1e-5
+    assert f.out_channels == 4  # image + smoothed, gradient, Laplacian
+
+
+def test_valid_features_are_the_centre_of_same_features():
+    sig = [[0, 1, 1], [1, 2, 2]]
+    same, valid = InputFeatures(1, sig), InputFeatures(1, sig, padding="valid")
+    x = torch.rand(1, 1, 12, 40, 40)
+    mz, my, mx = valid.margin
+    assert valid.margin == (4, 7, 7)  # kernel radius ceil(3 sigma) + 1 for the derivatives
+    inner = same(x)[:, :, mz:-mz, my:-my, mx:-mx]
+    assert torch.allclose(valid(x), inner, atol=1e-6)
+
+
+def test_tiled_prediction_equals_the_whole_volume_path():
+    for context in (0, 1):
+        net = _net(3, context)
+        x = np.random.default_rng(0).random((9, 50, 61)).astype(np.float32)
+        box = (slice(0, 9), slice(0, 50), slice(0, 61))  # an roi takes the tiled path
+        whole = predict(x, net, device="cpu", precision="fp32")
+        tiled = predict(x, net, device="cpu", precision="fp32", tile_shape=(12, 45, 45), roi=box)
+        assert whole.shape == (3, 9, 50, 61)
+        assert np.abs(whole - tiled).max() < 1e-5
+        np.testing.assert_allclose(whole.sum(0), 1.0, atol=1e-5)
+
+
+def _blob_task(seed=0):
+    rng = np.random.default_rng(seed)
+    img = rng.normal(0, 0.3, (12, 48, 48)).astype(np.float32)
+    lab = np.zeros(img.shape, np.int64)
+    lab[4:8, 16:30, 18:32] = 1
+    img[lab == 1] += 1.5
+    scr = np.zeros_like(lab)
+    scr[6, 20:26, 22:28] = 2
+    scr[6, 2:10, 2:40] = 1
+    scr[6, 38:46, 5:45] = 1
+    return img, lab, scr
+
+
+def test_per_voxel_training_learns_a_blob_from_two_strokes():
+    img, lab, scr = _blob_task()
+    net = _net()
+    hist = finetune(net, img, scr, steps=60, **recommended_settings(True, net))
+    assert hist.steps == 60 and hist.losses[-1] < hist.losses[0]
+    p = predict(img, net, device="cpu")[1]
+    assert ((p > 0.5) & (lab == 1)).sum() > 0.9 * (lab == 1).sum()  # the unpainted blob too
+    assert p[scr == 1].mean() < 0.1 and p[scr == 2].mean() > 0.9
+
+
+def test_context_layers_train_on_crops_of_the_features():
+    img, lab, scr = _blob_task(1)
+    net = _net(context=1)
+    hist = finetune(net, img, scr, steps=3, batch_size=2, crop_shape=(4, 16, 16))
+    assert hist.steps == 3 and all(np.isfinite(hist.losses))
+
+
+def test_checkpoint_round_trip_keeps_filters_and_task_origin(tmp_path):
+    net = _net()
+    net.meta = {"new_task": True}
+    save_model(tmp_path / "m", net, class_names=["background", "lesion"], new_task=True)
+    back = load_model(tmp_path / "m.safetensors")
+    assert back.get_config() == net.get_config() and started_new(back)
+    x = np.random.default_rng(1).random((6, 40, 40)).astype(np.float32)
+    np.testing.assert_allclose(predict(x, back, device="cpu"), predict(x, net, device="cpu"),
+                               atol=1e-6)
+
+
+def test_new_task_config_follows_the_spacing():
+    thick = interactive_config("feature_net", (6.5, 0.78, 0.78))
+    assert thick["sigmas"] == scale_sigmas((6.5, 0.78, 0.78), (1.0, 2.0, 4.0, 8.0, 16.0))
+    assert thick["sigmas"][0] == [0.0, 1.0, 1.0] and thick["context_kernel"] == "inplane"
+    iso = interactive_config("feature_net", (1.0, 1.0, 1.0))
+    assert iso["sigmas"][-1] == [16.0, 16.0, 16.0] and iso["context_kernel"] == "3d"
+    assert interactive_config("feature_net") == {}
+    with pytest.raises(InputError, match="three positive"):
+        scale_sigmas((0, 1, 1))
+    with pytest.raises(InputError, match="sigma"):
+        build_model("feature_net", sigmas=[[0, 0, 0]])
+
+
+def test_keep_stroke_components_drops_unpainted_look_alikes():
+    labels = np.zeros((5, 20, 20), np.uint8)
+    labels[1:3, 2:6, 2:6] = 1      # painted lesion
+    labels[1:3, 12:16, 12:16] = 1  # look-alike far away
+    labels[3, 10:12, 0:3] = 2      # a class without strokes stays
+    scr = np.zeros(labels.shape, np.int64)
+    scr[2, 3, 3] = 2
+    scr[0, 0, 0] = 1
+    out = keep_stroke_components(labels, scr)
+    assert out[1, 3, 3] == 1 and out[1, 13, 13] == 0 and out[3, 10, 1] == 2
+    assert out.dtype == labels.dtype and labels[1, 13, 13] == 1  # input untouched
+    with pytest.raises(InputError, match="different grids"):
+        keep_stroke_components(labels, scr[:, :10])
+
+
+def test_a_fine_tuned_model_remembers_its_strokes_for_segment_volume():
+    """`cnnseg segment -m CHECKPOINT` of the scan that was fine-tuned keeps, like the dock, only
+    the regions connected to the strokes (two-class tasks); other grids are left alone."""
+    from napari_cnnseg.core.io import Volume
+    from napari_cnnseg.core.pipeline import segment_volume
+    from napari_cnnseg.core.postprocess import apply_stroke_seeds, stroke_seeds
+
+    img, lab, scr = _blob_task()
+    rng = np.random.default_rng(5)
+    img = np.concatenate([img, rng.normal(0, 0.3, (12, 48, 32)).astype(np.float32)], axis=2)
+    scr = np.concatenate([scr, np.zeros((12, 48, 32), scr.dtype)], axis=2)
+    img[4:8, 18:26, 62:72] += 1.5  # a look-alike blob nobody painted, 30 voxels away
+    net = _net()
+    finetune(net, img, scr, steps=60, **recommended_settings(True, net))
+    assert net.meta["stroke_seeds"]["shape"] == list(img.shape)
+    raw = predict(img, net, device="cpu").argmax(0)
+    assert raw[6, 22, 66] == 1  # the net alone finds the look-alike too
+    labels = segment_volume(Volume(img), net).labels.array
+    assert labels[6, 22, 66] == 0 and labels[6, 23, 25] == 1
+    other = segment_volume(Volume(img[:, :40]), net).labels.array  # another grid: untouched
+    np.testing.assert_array_equal(other, predict(img[:, :40], net, device="cpu").argmax(0))
+    three = apply_stroke_seeds(raw, {"stroke_seeds": stroke_seeds(scr)}, 3)
+    assert three is raw  # tissue maps with several classes keep every piece
