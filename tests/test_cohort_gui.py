@@ -12,7 +12,7 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 from napari_cnnseg._widgets import _worker  # noqa: E402
-from napari_cnnseg._widgets.apply_folder import add_apply_folder  # noqa: E402
+from napari_cnnseg._widgets.apply_folder import ApplyFolderPanel, add_apply_folder  # noqa: E402
 from napari_cnnseg.core.cohort import CohortOptions, segment_cohort  # noqa: E402
 from napari_cnnseg.core.io import Volume, read_volume, write_volume  # noqa: E402
 
@@ -41,7 +41,8 @@ def dock(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.add_image(np.random.default_rng(1).normal(size=(8, 20, 18)).astype(np.float32), name="img")
     _, seg = viewer.window.add_plugin_dock_widget("napari-cnnseg", "Segment")
-    panel = add_apply_folder(seg)  # the dock adds it itself once hooked in; then this is a no-op
+    assert isinstance(getattr(seg, "apply_folder", None), ApplyFolderPanel)  # the dock has it
+    panel = add_apply_folder(seg)  # a no-op now
     assert add_apply_folder(seg) is panel and seg.apply_folder is panel
     assert seg.choose_new("unet", CLASSES, depth=1, base_width=4)
     return seg, panel

@@ -75,6 +75,9 @@ class SegmentWidget(ModelPicker, JobDock):
         self._refresh_image_choices()
         self._refresh_model_choices()
         self.update_buttons()
+        from .apply_folder import add_apply_folder
+
+        add_apply_folder(self)  # "Apply to folder…": the current model over a folder (docs/cohorts.md)
 
     # ---------------------------------------------------------------- layout
     def _build(self) -> None:
