@@ -215,11 +215,12 @@ def test_cli_models_lists_architectures(capsys):
 
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    for name in ("patch_classifier", "unet", "encoder_decoder", "multiscale"):
+    for name in ("patch_classifier", "unet", "encoder_decoder", "multiscale", "feature_net"):
         assert name in out
     assert main(["models", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert set(doc["architectures"]) == {"patch_classifier", "unet", "encoder_decoder", "multiscale"}
+    assert set(doc["architectures"]) == {"patch_classifier", "unet", "encoder_decoder",
+                                         "multiscale", "feature_net"}
     assert [m["name"] for m in doc["pretrained"]] == list_pretrained()
     for name, cfg in doc["architectures"].items():
         build_model(name, **cfg)
