@@ -24,10 +24,8 @@ from test_bad_inputs_cases import CASES, SHAPE, make_kit, run_case, snapshot
 
 
 #: cases that show a bug in a file this suite's owner does not edit (reported, to be fixed there)
-KNOWN_BUGS = {
-    "ft-lr-nan": "core.training.finetune passes lr to torch.optim.AdamW unchecked: ValueError, not InputError",
-    "ft-lr-negative": "core.training.finetune passes lr to torch.optim.AdamW unchecked: ValueError, not InputError",
-}
+#: case id -> why it fails today (strict xfail: fixing the bug makes the test say so)
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def _params():

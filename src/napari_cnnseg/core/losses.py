@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from .recipes import DEFAULT_PRIOR_WEIGHT
 
+
 def scribble_loss(
     logits: torch.Tensor,
     target: torch.Tensor,

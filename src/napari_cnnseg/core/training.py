@@ -4,24 +4,14 @@
 painted voxels (see :mod:`napari_cnnseg.core.sampling`). Scribbles are an integer array on
 the image grid: 0 = unlabelled, value k = model class k-1 (1 = background, 2 = class 1, ...).
 
-Loss (see :func:`scribble_loss`):
-
-* class-balanced cross-entropy on painted voxels: each painted class present in a batch
-  contributes equally, whatever its voxel count;
-* optional soft Dice on painted voxels (``dice_weight``);
-* a weak **prior** on unpainted voxels (``prior_weight``): they are pushed towards class 0
-  (``prior="background"``, for a fresh net) or towards the model's own predictions before
-  fine-tuning (``prior="self"``, for a trained starting point), with a total weight of
-  ``prior_weight`` times the painted term (the two terms are per-voxel means, so the prior's
-  strength does not depend on how much was painted).
-  Unpainted voxels are never a target for any foreground class. Without it a net trained on
-  strokes alone fits the strokes and then paints far too much foreground; with it the net
-  learns "foreground only where it looks like painted foreground". Set 0 to switch it off.
+Loss: :func:`~napari_cnnseg.core.losses.scribble_loss` (class-balanced cross-entropy on painted
+voxels, a weak prior on unpainted ones: towards class 0, or towards the model's own predictions
+before fine-tuning for a trained start; unpainted voxels are never a foreground target).
 
 A ``feature_net`` (fixed filters + per-voxel head) trains on sampled voxels of its
 precomputed features instead (``core.pointwise_training``). Which settings a round uses is
-``core.recipes`` (re-exported here). Speed on CPU: batch >= 2, ``channels_last_3d``, bf16 autocast where the CPU supports it,
-AdamW. Deterministic for a given ``seed`` on a given machine and thread count.
+``core.recipes`` (re-exported here). Speed on CPU: batch >= 2, ``channels_last_3d``, bf16
+autocast where the CPU supports it, AdamW. Deterministic for a given ``seed`` on a given machine and thread count.
 With ``keep_best`` the weights scoring lowest on a fixed set of scribble crops are kept, so a
 round never ends on a spike.
 """
@@ -30,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -287,6 +278,8 @@ def finetune(
         raise InputError(f"steps must be >= 0, got {steps}")
     if seconds is not None and not float(seconds) > 0:
         raise InputError(f"seconds must be > 0, got {seconds}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise InputError(f"lr must be a positive number (e.g. 5e-4), got {lr!r}")
     if int(batch_size) < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     if prior not in PRIORS:
