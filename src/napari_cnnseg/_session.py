@@ -234,9 +234,10 @@ class Session:
         rounds and refreshes that follow); returns the seconds it took (0 if nothing to do).
 
         The docks call it in the background when a new net is made, while the user paints."""
-        if self.model is None or self.volume is None or not hasattr(self.model, "head_margin"):
+        from .core.models.feature_net import cached_features, has_fixed_features
+
+        if self.model is None or self.volume is None or not has_fixed_features(self.model):
             return 0.0
-        from .core.models.feature_net import cached_features
         from .core.normalization import DEFAULT_NORMALIZATION
 
         t0 = time.perf_counter()

@@ -37,6 +37,7 @@ from . import tiling
 from .devices import precision_dtype, reduced_precision_dtype, resolve_device
 from .errors import DeviceError, InputError
 from .jobs import CancelFn, ProgressFn, check_cancel, report
+from .models.feature_net import is_per_voxel
 from .netprep import NetSpec, WrappedNet, inference_copy, network_spec, wrap_module
 from .normalization import DEFAULT_NORMALIZATION, apply_stats, compute_stats
 
@@ -342,10 +343,10 @@ def predict(
                  "exactly, with no blending")
     meta = getattr(model, "meta", None) or getattr(spec.net, "meta", None) or {}
     norm = normalization or meta.get("normalization") or DEFAULT_NORMALIZATION
-    stats = compute_stats(image, norm)
     dev = resolve_device(device)
-    if _per_voxel_feature_net(model) and roi is None and isinstance(image, np.ndarray):
-        # fixed filters + per-voxel head: filter the whole volume once (cached), no tiles
+    if is_per_voxel(model) and roi is None and isinstance(image, np.ndarray):
+        # fixed filters + per-voxel head: filter the whole volume once (cached; no statistics
+        # pass when the features are there already), no tiles
         from .models.feature_net import cached_features, predict_features
 
         feats = cached_features(model, image, norm, dev)
@@ -353,6 +354,7 @@ def predict(
         result = predict_features(model, feats, out, dev)
         report(progress, 1, 1)
         return result
+    stats = compute_stats(image, norm)
     # exact_roi: a same net's tiles (and default tile) are those of the whole image
     tile_region = tuple(img.shape[1:]) if exact_roi and spec.padding != "valid" else region_shape
     tile = default_tile_shape(spec, tile_region, tile_shape)
@@ -379,11 +381,6 @@ def predict(
             dev = torch.device("cpu")
             tile = default_tile_shape(spec, tile_region, tile_shape)
             precision = "fp32" if str(precision).lower() == "fp16" else precision
-
-
-def _per_voxel_feature_net(model: nn.Module) -> bool:
-    """A ``FeatureNet`` without context layers (see ``models.feature_net``)."""
-    return hasattr(model, "head_margin") and not any(model.head_margin)
 
 
 def _shrink_tile(spec: NetSpec, tile: Sequence[int]) -> tuple[int, int, int] | None:

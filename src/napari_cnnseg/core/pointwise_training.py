@@ -79,10 +79,9 @@ class PointwiseSampler:
 
 
 def train_pointwise(model: nn.Module, features: np.ndarray, scribbles: np.ndarray, *,
-                    steps: int | None, seconds: float | None, start: float, lr: float,
-                    prior_weight: float, weight_decay: float, seed: int, device: torch.device,
-                    optimizer: Any, progress: Any = None, cancel: Any = None,
-                    history: Any = None) -> int:
+                    steps: int | None, seconds: float | None, start: float,
+                    prior_weight: float, seed: int, device: torch.device, optimizer: Any,
+                    progress: Any = None, cancel: Any = None, history: Any = None) -> int:
     """Train ``model.head_points`` on sampled voxels; returns the number of steps done.
 
     ``steps`` None = :data:`DEFAULT_POINTWISE_STEPS`; ``seconds`` (counted from ``start``, a
@@ -133,10 +132,9 @@ def finetune_pointwise(model: nn.Module, feats: np.ndarray, scr: np.ndarray,
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(seed)
         try:
-            train_pointwise(model, feats, scr, steps=steps, seconds=seconds, start=start, lr=lr,
-                            prior_weight=prior_weight, weight_decay=weight_decay, seed=seed,
-                            device=dev, optimizer=opt, progress=progress, cancel=cancel,
-                            history=history)
+            train_pointwise(model, feats, scr, steps=steps, seconds=seconds, start=start,
+                            prior_weight=prior_weight, seed=seed, device=dev, optimizer=opt,
+                            progress=progress, cancel=cancel, history=history)
         finally:
             model.eval()
     model.meta = {**(getattr(model, "meta", None) or {}), "normalization": spec,

@@ -54,7 +54,9 @@ def recommended_settings(new_task: bool, model: nn.Module | None = None) -> dict
     """
     if not new_task:
         return dict(TRAINED_NET_SETTINGS)
-    per_voxel = model is not None and hasattr(model, "head_margin") and not any(model.head_margin)
+    from .models.feature_net import is_per_voxel
+
+    per_voxel = model is not None and is_per_voxel(model)
     return dict(NEW_FEATURE_NET_SETTINGS if per_voxel else NEW_TASK_SETTINGS)
 
 

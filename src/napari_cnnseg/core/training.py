@@ -33,6 +33,7 @@ from torch import nn
 from .errors import InputError
 from .jobs import CancelFn, ProgressFn, check_cancel, report
 from .losses import scribble_loss
+from .models.feature_net import has_fixed_features, is_per_voxel
 from .normalization import DEFAULT_NORMALIZATION, apply_stats, compute_stats
 from .postprocess import stroke_seeds
 from .recipes import (  # noqa: F401 - re-exported: callers import the recipe from here too
@@ -96,7 +97,7 @@ def crop_geometry(model: nn.Module, crop_shape: tuple[int, int, int] | None,
         crop_shape = tuple(min(c, s) for c, s in zip(DEFAULT_CROP, image_shape, strict=True))
     if len(crop_shape) != 3 or any(int(c) < 1 for c in crop_shape):
         raise InputError(f"crop_shape must be three positive sizes (z, y, x), got {crop_shape}")
-    if _trains_on_features(model):  # crops of the precomputed features: the head's margin only
+    if has_fixed_features(model):  # crops of the precomputed features: the head's margin only
         hm = tuple(int(m) for m in model.head_margin)
         out = tuple(int(c) for c in crop_shape)
         return CropGeometry(tuple(o + 2 * m for o, m in zip(out, hm, strict=True)), out, hm)  # type: ignore[arg-type]
@@ -109,13 +110,8 @@ def crop_geometry(model: nn.Module, crop_shape: tuple[int, int, int] | None,
     return CropGeometry(in_shape, out_shape, margin)  # type: ignore[arg-type]
 
 
-def _trains_on_features(model: nn.Module) -> bool:
-    """A net with fixed input features (``FeatureNet``): trained on their precomputed volume."""
-    return hasattr(model, "head_margin") and hasattr(model, "head")
-
-
 def _forward(model: nn.Module, x: torch.Tensor, patch: bool) -> torch.Tensor:
-    if _trains_on_features(model):
+    if has_fixed_features(model):
         return model.head(x)
     out = model(x)
     if patch and out.ndim == 2:
@@ -291,14 +287,14 @@ def finetune(
     dev = _resolve_device(device)
     bf16 = _use_bf16(dev, precision)
     patch = _is_patch_classifier(model)
-    if _trains_on_features(model):
+    if has_fixed_features(model):
         from .models.feature_net import cached_features
 
         norm = cached_features(model, image, spec, dev, norm=norm)
         # the fixed features are computed once per volume (the Session does it ahead, while
         # the user paints): not part of a round's training budget
         start = time.perf_counter()
-        if not any(model.head_margin):  # per-voxel head: sampled voxels, no crops
+        if is_per_voxel(model):  # per-voxel head: sampled voxels, no crops
             from .pointwise_training import finetune_pointwise
 
             return finetune_pointwise(model, norm, scr, spec, asked_steps, seconds, start,

@@ -124,7 +124,7 @@ class FeatureNet(SegNet):
         several times slower on a CPU)."""
         import torch.nn.functional as F
 
-        if any(self.head_margin):
+        if not is_per_voxel(self):
             raise InputError("head_points needs a per-voxel head (context_layers=0)")
         for mod in self.learned.modules():
             if isinstance(mod, nn.Conv3d):
@@ -143,6 +143,16 @@ class FeatureNet(SegNet):
 
     def get_config(self) -> dict[str, Any]:
         return dict(self._config)
+
+
+def has_fixed_features(model: nn.Module) -> bool:
+    """A ``FeatureNet``: its fixed filters are computed once per volume for training."""
+    return hasattr(model, "head_margin") and hasattr(model, "head_points")
+
+
+def is_per_voxel(model: nn.Module) -> bool:
+    """A ``FeatureNet`` without context layers: each voxel's class from its own features."""
+    return has_fixed_features(model) and not any(model.head_margin)
 
 
 def volume_features(model: FeatureNet, image: np.ndarray, device: torch.device | str = "cpu"
@@ -253,7 +263,7 @@ def cached_features(model: FeatureNet, raw: Any, spec: dict[str, Any],
 def predict_features(model: FeatureNet, feats: np.ndarray, out: np.ndarray | None = None,
                      device: torch.device | str = "cpu") -> np.ndarray:
     """Softmax probabilities (K, Z, Y, X) of a per-voxel ``model`` from its volume features."""
-    if any(model.head_margin):
+    if not is_per_voxel(model):
         raise ValueError("predict_features needs a per-voxel head (context_layers=0)")
     k = int(model.num_classes)
     shape = feats.shape[1:]
