@@ -1,0 +1,229 @@
+"""Where to paint next: slices (and a region in each) ranked by the model's expected error.
+
+After a prediction, :func:`suggest` ranks the slices of the volume along one axis (0 = z, the
+axial slices the viewer steps through) by how many voxels the model probably gets wrong there,
+and points at the connected region of that slice that holds most of it. The Fine-tune dock
+shows the top suggestion ("Next suggestion"), ``cnnseg suggest`` prints the ranking.
+
+The per-voxel signal is the probability that the shown label is wrong, ``1 - p[label]``
+(``label`` = the argmax, or the label map the user sees when ``labels`` is given), divided by
+its largest possible value ``1 - 1/K`` so that it lies in [0, 1] for any number of classes K.
+Voxels below ``threshold`` on that scale count for nothing: a confident background has a small
+but non-zero error on every voxel, and summed over a 512 x 512 slice that noise would outweigh
+a lesion that the model gets wrong (docs/guided.md has the measurements behind the defaults).
+
+Painted voxels are skipped (the user's strokes are the truth there). Slices that already carry
+strokes are down-weighted by ``painted_weight`` (not skipped: a stroke on a slice does not fix
+all of it). Numpy and scipy only; no Qt, no napari, no torch.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+#: voxels whose normalised error (0 = certain and right .. 1 = uniform) is below this count 0
+THRESHOLD = 0.2
+#: weight of a slice that already carries strokes
+PAINTED_WEIGHT = 0.5
+#: voxels of margin around the suggested region's bounding box
+BOX_MARGIN = 4
+#: tolerance on probabilities outside [0, 1] (float16 rounding)
+_TOL = 1e-3
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """One place to paint next.
+
+    Attributes:
+        axis: axis of the slice in (Z, Y, X): 0 = z (axial slices, the default).
+        index: 0-based slice index along ``axis`` (what napari's dims slider shows).
+        center: voxel centre of the region in the slice, in the order of the two remaining
+            axes: (y, x) for axis 0, (z, x) for axis 1, (z, y) for axis 2. It lies inside the
+            region.
+        bbox: half-open box (a0, a1, b0, b1) of the region in the same two axes, e.g.
+            (y0, y1, x0, x1) for axis 0, with a margin of :data:`BOX_MARGIN` voxels.
+        score: expected number of wrongly labelled voxels in the slice (after the threshold
+            and the painted-slice weight): higher = paint here first.
+        region_score: the part of ``score`` in the region.
+    """
+
+    axis: int
+    index: int
+    center: tuple[int, int]
+    bbox: tuple[int, int, int, int]
+    score: float
+    region_score: float = 0.0
+
+    def describe(self, shape: tuple[int, ...]) -> str:
+        """Text for the user: ``"slice 37 of 61, region around (y 120, x 88)"``.
+
+        ``shape`` is the volume's spatial shape (Z, Y, X) (extra leading axes are ignored).
+        The slice number is 0-based, as napari's dims slider shows it.
+        """
+        shape = tuple(int(s) for s in shape)[-3:]
+        names = [n for i, n in enumerate("zyx") if i != self.axis]
+        where = "" if self.axis == 0 else f" along {'zyx'[self.axis]}"
+        return (f"slice {self.index} of {shape[self.axis]}{where}, region around "
+                f"({names[0]} {self.center[0]}, {names[1]} {self.center[1]})")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (``cnnseg suggest --json``)."""
+        return {"axis": self.axis, "index": self.index, "center": list(self.center),
+                "bbox": list(self.bbox), "score": round(float(self.score), 3),
+                "region_score": round(float(self.region_score), 3)}
+
+
+def _check(probabilities: Any, scribbles: Any, labels: Any, top: int, axis: int
+           ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Validated arrays; :class:`InputError` saying what to fix otherwise."""
+    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
+        raise InputError(f"top must be a whole number >= 1, got {top!r}")
+    if axis not in (0, 1, 2):
+        raise InputError(f"axis must be 0 (z), 1 (y) or 2 (x), got {axis!r}")
+    probs = np.asarray(probabilities)
+    if probs.ndim != 4:
+        raise InputError(f"probabilities must be (K, Z, Y, X), got shape {probs.shape}; "
+                         "pass the per-class probability maps of a prediction")
+    if probs.shape[0] < 2:
+        raise InputError(f"probabilities have {probs.shape[0]} class(es); suggestions need a "
+                         "model with at least 2 classes (K, Z, Y, X)")
+    if min(probs.shape[1:]) < 1:
+        raise InputError(f"probabilities have an empty grid {probs.shape[1:]}")
+    if probs.dtype.kind != "f":
+        raise InputError(f"probabilities must be floats in [0, 1], got dtype {probs.dtype}")
+    lo, hi = float(np.min(probs)), float(np.max(probs))
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -_TOL or hi > 1 + _TOL:
+        raise InputError(f"probabilities must be finite and in [0, 1], got values in "
+                         f"[{lo:.4g}, {hi:.4g}]; pass softmax probabilities, not logits")
+    grid = probs.shape[1:]
+    out = [probs, None, None]
+    for i, (name, arr) in enumerate((("scribbles", scribbles), ("labels", labels)), start=1):
+        if arr is None:
+            continue
+        arr = np.asarray(arr)
+        if arr.shape != grid:
+            raise InputError(f"{name} have shape {arr.shape}, the probabilities' grid is {grid}; "
+                             f"pass {name} (Z, Y, X) on the same grid")
+        if arr.dtype.kind not in "iub":
+            raise InputError(f"{name} must hold integers (class values), got dtype {arr.dtype}")
+        if arr.size and int(arr.min()) < 0:
+            raise InputError(f"{name} have negative values; use 0 for unpainted / background")
+        out[i] = arr
+    if labels is not None and out[2].size and int(out[2].max()) >= probs.shape[0]:
+        raise InputError(f"labels go up to {int(out[2].max())} but the probabilities have "
+                         f"{probs.shape[0]} classes")
+    return out[0], out[1], out[2]
+
+
+def error_map(probabilities: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+    """Normalised probability that each voxel's label is wrong: (Z, Y, X) float32 in [0, 1].
+
+    ``(1 - p[label]) / (1 - 1/K)`` with ``label`` the argmax (or ``labels`` when given): 0 where
+    the model is certain of the label, 1 where it is uniform over the K classes (above 1, up to
+    ``K / (K - 1)``, where ``labels`` disagree with a confident model; clipped to 1).
+    """
+    k = probabilities.shape[0]
+    out = np.empty(probabilities.shape[1:], np.float32)
+    scale = 1.0 / (1.0 - 1.0 / k)
+    for z0 in range(0, out.shape[0], 16):  # slabs: bounded float32 temporaries
+        p = np.asarray(probabilities[:, z0:z0 + 16], np.float32)
+        if labels is None:
+            right = p.max(axis=0)
+        else:
+            lab = np.asarray(labels[z0:z0 + 16], np.int64)
+            right = np.take_along_axis(p, lab[None], axis=0)[0]
+        out[z0:z0 + 16] = np.clip((1.0 - right) * scale, 0.0, 1.0)
+    return out
+
+
+def slice_scores(error: np.ndarray, axis: int, scribbles: np.ndarray | None, *,
+                 threshold: float, painted_weight: float) -> np.ndarray:
+    """Per-slice error mass along ``axis`` of an (Z, Y, X) :func:`error_map` (a new array).
+
+    Voxels below ``threshold`` and painted voxels count 0; slices with strokes are multiplied
+    by ``painted_weight``.
+    """
+    err = np.where(error >= threshold, error, 0.0).astype(np.float32)
+    if scribbles is not None:
+        err[scribbles > 0] = 0.0
+    other = tuple(a for a in range(3) if a != axis)
+    scores = err.sum(axis=other, dtype=np.float64)
+    if scribbles is not None and painted_weight != 1.0:
+        painted = (scribbles > 0).any(axis=other)
+        scores[painted] *= painted_weight
+    return scores
+
+
+def best_region(error2d: np.ndarray, threshold: float, margin: int = BOX_MARGIN
+                ) -> tuple[tuple[int, int], tuple[int, int, int, int], float]:
+    """(centre, bbox, mass) of the 8-connected region of ``error2d`` >= ``threshold`` that holds
+    the most error mass. Without such a region: the most uncertain voxel and the whole slice."""
+    mask = error2d >= threshold if threshold > 0 else error2d > 0
+    h, w = error2d.shape
+    if not mask.any():
+        c = np.unravel_index(int(np.argmax(error2d)), error2d.shape)
+        return (int(c[0]), int(c[1])), (0, h, 0, w), 0.0
+    comp, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    mass = ndimage.sum_labels(error2d, comp, index=np.arange(1, n + 1))
+    best = int(np.argmax(mass)) + 1
+    pts = np.argwhere(comp == best)
+    weights = error2d[pts[:, 0], pts[:, 1]].astype(np.float64)
+    centroid = (pts * weights[:, None]).sum(0) / max(weights.sum(), 1e-12)
+    inside = pts[int(np.argmin(((pts - centroid) ** 2).sum(1)))]  # centre inside the region
+    (a0, b0), (a1, b1) = pts.min(0), pts.max(0) + 1
+    bbox = (max(0, int(a0) - margin), min(h, int(a1) + margin),
+            max(0, int(b0) - margin), min(w, int(b1) + margin))
+    return (int(inside[0]), int(inside[1])), bbox, float(mass[best - 1])
+
+
+def suggest(probabilities: np.ndarray, *, scribbles: np.ndarray | None = None, top: int = 5,
+            labels: np.ndarray | None = None, axis: int = 0, threshold: float = THRESHOLD,
+            painted_weight: float = PAINTED_WEIGHT) -> list[Suggestion]:
+    """The ``top`` slices to paint next, best first, each with the region to look at.
+
+    Args:
+        probabilities: (K, Z, Y, X) float16/float32 softmax probabilities, K >= 2.
+        scribbles: (Z, Y, X) integer strokes, 0 = unpainted, k = class k-1 (optional). Painted
+            voxels count 0; slices with strokes are multiplied by ``painted_weight``.
+        top: how many suggestions (>= 1); fewer come back when fewer slices have any error.
+        labels: (Z, Y, X) label map the user sees (e.g. after the stroke-connected filter), if
+            it differs from the argmax of ``probabilities``.
+        axis: slicing axis of the (Z, Y, X) grid, 0 = z (axial slices).
+        threshold: normalised error (0..1) below which a voxel counts 0.
+        painted_weight: weight (0..1) of a slice that already carries strokes.
+
+    Returns:
+        Up to ``top`` :class:`Suggestion` sorted by decreasing score; slices with no error
+        above the threshold are left out (an empty list when the model is sure everywhere).
+
+    Raises:
+        InputError: shapes, dtypes or values that are not probabilities / label maps, top < 1,
+            axis not 0, 1 or 2, threshold or painted_weight outside [0, 1].
+    """
+    for name, value in (("threshold", threshold), ("painted_weight", painted_weight)):
+        if not (isinstance(value, (int, float)) and 0.0 <= float(value) <= 1.0):
+            raise InputError(f"{name} must be a number in [0, 1], got {value!r}")
+    probs, scr, lab = _check(probabilities, scribbles, labels, top, axis)
+    error = error_map(probs, lab)
+    scores = slice_scores(error, axis, scr, threshold=threshold, painted_weight=painted_weight)
+    order = [int(i) for i in np.argsort(-scores, kind="stable") if scores[i] > 0][:top]
+    out = []
+    for index in order:
+        plane = np.take(error, index, axis=axis).copy()
+        if scr is not None:
+            plane[np.take(scr, index, axis=axis) > 0] = 0.0
+        center, bbox, mass = best_region(plane, threshold)
+        out.append(Suggestion(axis=axis, index=index, center=center, bbox=bbox,
+                              score=float(scores[index]), region_score=mass))
+    log.debug("suggestions along axis %d: %s", axis, [(s.index, round(s.score, 1)) for s in out])
+    return out
