@@ -12,13 +12,17 @@ dilated by 1 voxel in-plane and clipped to the region.
   the true classes of the voxels at least 20 voxels away from c.
 * Later rounds (:func:`correction_strokes`), for each class c: the 3 slices with the most
   unpainted voxels that truly are c but are predicted otherwise get a stroke of c inside that
-  error region. Each method is corrected on its own mistakes.
+  error region. Each method is corrected on its own mistakes. A user told where to paint
+  (``slices=``, e.g. the suggestions of ``core.suggest``, ``bench_suggest.py``) corrects the
+  errors of every class on those slices instead.
 
 Seeded and deterministic. Scribble values follow the package convention: 0 = unlabelled,
 k = class k-1. Shapes are (Z, Y, X).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -92,7 +96,8 @@ def initial_strokes(labels: np.ndarray, spacing: tuple[float, float, float], *,
 
 
 def correction_strokes(labels: np.ndarray, prediction: np.ndarray, scribbles: np.ndarray,
-                       spacing: tuple[float, float, float], *, seed: int = 0) -> np.ndarray:
+                       spacing: tuple[float, float, float], *, seed: int = 0,
+                       slices: Sequence[int] | None = None) -> np.ndarray:
     """Scribbles after one more round: strokes in each class's 3 worst slices (a new array).
 
     Args:
@@ -101,6 +106,9 @@ def correction_strokes(labels: np.ndarray, prediction: np.ndarray, scribbles: np
         scribbles: the scribbles so far (Z, Y, X), 0 = unlabelled, k = class k-1.
         spacing: voxel size (z, y, x) in mm, picks the painting axis.
         seed: random seed.
+        slices: slice indices along the painting axis to correct instead of each class's 3
+            worst (the user does not know where the errors are and follows these); every class
+            with errors on such a slice gets a stroke there.
     """
     rng = np.random.default_rng(seed)
     axis = paint_axis(spacing)
@@ -111,9 +119,13 @@ def correction_strokes(labels: np.ndarray, prediction: np.ndarray, scribbles: np
     for c in np.unique(lab):
         err = (lab == c) & (pred != c) & (scr == 0)
         counts = err.reshape(err.shape[0], -1).sum(1)
-        for s in np.argsort(-counts, kind="stable")[:SLICES]:
+        order = (np.argsort(-counts, kind="stable")[:SLICES] if slices is None
+                 else [int(s) for s in slices])
+        for s in order:
             if counts[s] == 0:
-                break
+                if slices is None:
+                    break
+                continue
             mask = stroke(err[s], rng) & (scr[s] == 0)
             scr[s][mask] = int(c) + 1
     return out

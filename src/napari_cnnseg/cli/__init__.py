@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 #: subcommand modules, in the order ``cnnseg --help`` lists them
-SUBCOMMANDS = ("info", "segment", "finetune", "evaluate", "models", "slicer")
+SUBCOMMANDS = ("info", "segment", "suggest", "finetune", "evaluate", "models", "slicer")
 
 EXIT_USER_ERROR = 2
 EXIT_CANCELLED = 130
