@@ -53,7 +53,7 @@ from _unet import crop_for, make_net  # noqa: E402
 from napari_cnnseg.core.normalization import normalize  # noqa: E402
 from napari_cnnseg.core.sample_data import make_phantom  # noqa: E402
 from napari_cnnseg.core.sampling import ScribbleSampler  # noqa: E402
-from napari_cnnseg.core.training import _use_bf16, crop_geometry, finetune  # noqa: E402
+from napari_cnnseg.core.training import crop_geometry, finetune, use_bf16  # noqa: E402
 
 
 def plain_loop(net: torch.nn.Module, sampler: ScribbleSampler, steps: int) -> float:
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     plain_net = copy.deepcopy(net)
     crop = (4, 16, 16) if args.quick else crop_for(labels.array.shape, spacing)
     geo = crop_geometry(net, crop, labels.array.shape)
-    bf16 = _use_bf16(torch.device("cpu"), "auto")
+    bf16 = use_bf16(torch.device("cpu"), "auto")
 
     hist = finetune(net, image.array, scribbles, steps=args.steps, batch_size=args.batch,
                     crop_shape=crop, keep_best=False, device="cpu")

@@ -13,7 +13,8 @@ from napari_cnnseg.core.errors import Cancelled, InputError
 from napari_cnnseg.core.metrics import mean_foreground_dice
 from napari_cnnseg.core.models import build_model
 from napari_cnnseg.core.sampling import CropGeometry, ScribbleSampler
-from napari_cnnseg.core.training import crop_geometry, finetune, scribble_loss
+from napari_cnnseg.core.losses import scribble_loss
+from napari_cnnseg.core.training import Evaluated, StepDone, crop_geometry, finetune
 
 # tiny configurations of every family (fast on 2 CPU cores)
 FAMILIES = {
@@ -264,11 +265,16 @@ def test_cancel_is_prompt_and_keeps_a_usable_model():
 def test_seconds_budget_and_live_updates():
     image, _, scr = _toy()
     net = _net("unet")
-    updates = []
+    events = []
     h = finetune(net, image, scr, seconds=1.0, steps=10_000, batch_size=2, crop_shape=(4, 8, 8),
-                 update_every=2, on_update=lambda m: updates.append(m.training))
+                 eval_every=2, on_event=events.append)
     assert h.steps >= 1 and h.steps < 10_000
-    assert len(updates) == h.steps // 2 and not any(updates)
+    done = [e for e in events if isinstance(e, StepDone)]
+    evals = [e.step for e in events if isinstance(e, Evaluated)]
+    assert [e.step for e in done] == list(range(1, h.steps + 1))
+    assert [e.loss for e in done] == h.losses
+    # keep-best: the start, every 2 steps, and the last step
+    assert evals == sorted({0, *range(2, h.steps + 1, 2), h.steps})
 
 
 def test_a_budget_spent_on_set_up_still_trains_one_step():
@@ -282,7 +288,7 @@ def test_keep_best_never_ends_worse_than_the_start_on_its_eval_crops():
     image, _, scr = _toy()
     net = _net("unet")
     h = finetune(net, image, scr, steps=6, lr=0.5, batch_size=2, crop_shape=(4, 8, 8),
-                 update_every=2)  # absurd lr: training diverges, keep_best holds on
+                 eval_every=2)  # absurd lr: training diverges, keep_best holds on
     best = dict(h.eval_losses)[h.best_step]
     assert best == min(loss for _, loss in h.eval_losses)
     assert best <= h.eval_losses[0][1]
