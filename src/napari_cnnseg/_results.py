@@ -22,12 +22,15 @@ class Results:
         probabilities: (K, Z, Y, X) float32 in [0, 1].
         uncertainty: (Z, Y, X) float32 normalised entropy in [0, 1].
         weights_step: model-weights counter at prediction time (see :class:`Session`).
+        geometry: the labels as a ``core.io.Volume`` (spacing, origin, direction and class
+            names of the image they were predicted on), or None for placeholder results.
     """
 
     labels: np.ndarray
     probabilities: np.ndarray
     uncertainty: np.ndarray
     weights_step: int = 0
+    geometry: Any = None
 
 
 @dataclass

@@ -135,6 +135,8 @@ def segment_volume(
     probabilities_out: Any = None,
     labels_out: Any = None,
     uncertainty_out: Any = None,
+    postprocess: bool = True,
+    strokes: np.ndarray | None = None,
     **predict_kwargs: Any,
 ) -> SegmentationResult:
     """Segment a volume: labels (+ probabilities, + uncertainty) on its geometry.
@@ -155,6 +157,11 @@ def segment_volume(
         labels_out: (Z, Y, X) integer array-like to fill with the class indices.
         uncertainty_out: (Z, Y, X) float array-like to fill with the normalised entropy
             (needs ``uncertainty=True``).
+        postprocess: for a two-class model, set to background the regions of the structure
+            that touch none of its strokes (``core.postprocess``): those of ``strokes`` when
+            given, else those the model remembers from its last fine-tuning
+            (``meta["stroke_seeds"]``). Only for labels computed here (not ``labels_out``).
+        strokes: (Z, Y, X) int scribbles on the volume's grid (0 = unpainted, k = class k-1).
         **predict_kwargs: passed to :func:`~.inference.predict` (tile_shape, overlap,
             batch_size, device, precision, normalization, progress, cancel, ...).
 
@@ -185,15 +192,23 @@ def segment_volume(
     probs = predict(volume.array, model, out=probabilities_out, **predict_kwargs)
     names = class_names_for(model, k)
     label_arr, unc_arr = _reduce(probs, labels_out, uncertainty_out, uncertainty)
-    if labels_out is None:  # the strokes a fine-tuned model remembers (core.postprocess)
-        from .postprocess import apply_stroke_seeds
-
-        label_arr = apply_stroke_seeds(label_arr, getattr(model, "meta", None) or {}, k)
+    if labels_out is None and postprocess:
+        label_arr = _keep_stroke_components(label_arr, model, k, strokes)
     labels = volume.with_array(label_arr, class_names=names)
     unc = volume.with_array(unc_arr, class_names=names) if uncertainty else None
     prob_vol = volume.with_array(probs, class_names=names) if probabilities else None
     log.debug("segmented %s into %d classes", volume.spatial_shape, k)
     return SegmentationResult(labels=labels, probabilities=prob_vol, uncertainty=unc)
+
+
+def _keep_stroke_components(labels: np.ndarray, model: nn.Module, k: int,
+                            strokes: np.ndarray | None) -> np.ndarray:
+    """``core.postprocess`` with the given strokes, else the ones the model remembers."""
+    from .postprocess import applies_to, apply_stroke_seeds, keep_stroke_components
+
+    if strokes is None:
+        return apply_stroke_seeds(labels, getattr(model, "meta", None) or {}, k)
+    return keep_stroke_components(labels, strokes) if applies_to(k) else labels
 
 
 def _reduce(probs: Any, labels_out: Any, uncertainty_out: Any, uncertainty: bool) -> tuple[Any, Any]:
