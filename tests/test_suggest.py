@@ -81,6 +81,32 @@ def test_painted_voxels_do_not_count_and_painted_slices_weigh_less():
     assert [s.index for s in suggest(p, scribbles=scr, top=5, painted_weight=1.0)] == [5]
 
 
+def test_two_classes_only_errors_the_stroke_connected_map_can_show_count():
+    """K = 2 with a foreground stroke: unsure tissue far from the painted structure is not
+    suggested (the label map would drop it anyway); the structure's unsure border is."""
+    p = confident()
+    blur_box(p, 2, slice(0, 16), slice(0, 16), 0.55)  # big unsure patch, far from the stroke
+    p[0, 7, 20:26, 20:26], p[1, 7, 20:26, 20:26] = 0.05, 0.95  # the painted structure
+    blur_box(p, 7, slice(20, 26), slice(26, 29), 0.55)  # its unsure border
+    scr = np.zeros(p.shape[1:], np.int64)
+    scr[7, 22, 22] = 2  # a foreground stroke on it
+    assert suggest(p, top=1)[0].index == 2  # no strokes: every voxel counts
+    assert suggest(p, scribbles=scr, top=1, stroke_connected=False)[0].index == 2
+    ranked = suggest(p, scribbles=scr, top=5)
+    assert [s.index for s in ranked] == [7]
+    assert 26 <= ranked[0].center[1] < 29  # the border, not the (certain) structure
+    three = np.concatenate([p, np.zeros((1, *p.shape[1:]), np.float32)])  # K = 3: no filter
+    assert suggest(three, scribbles=scr, top=1)[0].index == 2
+
+
+def test_entropy_signal():
+    p = confident()
+    blur_box(p, 5, slice(0, 8), slice(0, 8), 0.5)
+    assert suggest(p, top=1, signal="entropy")[0].index == 5
+    with pytest.raises(InputError, match="signal"):
+        suggest(p, signal="dropout")
+
+
 def test_other_axes():
     p = confident(shape=(8, 12, 16))
     blur_box(p, 2, slice(0, 12), slice(9, 10), 0.5)  # a line of x = 9 through slice z = 2
@@ -210,3 +236,23 @@ def test_bench_suggest_quick(tmp_path):
     assert 0 <= r["random_recall_at_3"] <= r["oracle_recall_at_3"] <= 1
     assert 0 <= r["error_recall_at_3"] <= r["oracle_recall_at_3"] + 1e-9
     assert all(len(s) <= 3 for s in r["suggested_slices"])
+
+
+@pytest.mark.slow
+def test_study_suggest_on_a_dump(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    from study_suggest import VARIANTS, study
+
+    gt = np.zeros((6, 16, 16), np.int64)
+    gt[3, 4:9, 4:9] = 1
+    np.savez_compressed(tmp_path / "truth.npz", labels=gt)
+    p = confident(shape=gt.shape)
+    blur_box(p, 3, slice(4, 10), slice(4, 10), 0.5)
+    labels = np.zeros_like(gt)  # the lesion is missed: every error is on slice 3
+    scr = np.zeros_like(gt)
+    scr[0, 0, 0] = 1
+    np.savez_compressed(tmp_path / "oracle_round1.npz", probabilities=p.astype(np.float16),
+                        labels=labels, scribbles=scr, axis=0)
+    result = study(tmp_path)
+    assert set(VARIANTS) <= set(result) and result["oracle"] == 1.0
+    assert result["default"] == 1.0 and result["random"] == pytest.approx(0.5)

@@ -10,7 +10,13 @@ The per-voxel signal is the probability that the shown label is wrong, ``1 - p[l
 its largest possible value ``1 - 1/K`` so that it lies in [0, 1] for any number of classes K.
 Voxels below ``threshold`` on that scale count for nothing: a confident background has a small
 but non-zero error on every voxel, and summed over a 512 x 512 slice that noise would outweigh
-a lesion that the model gets wrong (docs/guided.md has the measurements behind the defaults).
+a lesion that the model gets wrong.
+
+One structure on a background (K = 2) with foreground strokes: the label map shows only the
+foreground regions that touch a stroke (``core.postprocess``), so unsure tissue elsewhere in
+the scan cannot show up as an error. Only the voxels that could (:func:`reachable`) count;
+without it the brain-lesion and lung-nodule suggestions pointed at slices far from the lesion
+(none of the errors on them; docs/guided.md has the measurements behind every default).
 
 Painted voxels are skipped (the user's strokes are the truth there). Slices that already carry
 strokes are down-weighted by ``painted_weight`` (not skipped: a stroke on a slice does not fix
@@ -32,6 +38,8 @@ log = logging.getLogger(__name__)
 
 #: voxels whose normalised error (0 = certain and right .. 1 = uniform) is below this count 0
 THRESHOLD = 0.2
+#: normalised error above which an unsure voxel may join the shown foreground (:func:`reachable`)
+REACH_THRESHOLD = 0.6
 #: weight of a slice that already carries strokes
 PAINTED_WEIGHT = 0.5
 #: voxels of margin around the suggested region's bounding box
@@ -146,6 +154,37 @@ def error_map(probabilities: np.ndarray, labels: np.ndarray | None = None) -> np
     return out
 
 
+def entropy_map(probabilities: np.ndarray) -> np.ndarray:
+    """Normalised entropy (Z, Y, X) float32 in [0, 1] of (K, Z, Y, X) probabilities."""
+    k = probabilities.shape[0]
+    out = np.empty(probabilities.shape[1:], np.float32)
+    for z0 in range(0, out.shape[0], 16):
+        p = np.clip(np.asarray(probabilities[:, z0:z0 + 16], np.float32), 1e-12, 1.0)
+        out[z0:z0 + 16] = np.clip(-(p * np.log(p)).sum(axis=0) / np.log(k), 0.0, 1.0)
+    return out
+
+
+def reachable(error: np.ndarray, probabilities: np.ndarray, scribbles: np.ndarray,
+              threshold: float) -> np.ndarray | None:
+    """Voxels whose error the user would see under the stroke-connected filter, or None.
+
+    With one structure on a background (K = 2) the label map keeps only the foreground
+    components that touch a foreground stroke (``core.postprocess``): an unsure voxel far from
+    them could flip to foreground and still not be shown. The voxels that can be shown are the
+    3D components (26-connectivity) of "foreground or unsure" (argmax 1, or error >= threshold)
+    that touch a foreground stroke. None when the filter does not apply (K != 2, no
+    foreground stroke): then every voxel counts.
+    """
+    if probabilities.shape[0] != 2 or scribbles is None or not (scribbles == 2).any():
+        return None
+    maybe = (error >= threshold) if threshold > 0 else (error > 0)
+    maybe |= np.asarray(probabilities[1] > probabilities[0])
+    comp, _ = ndimage.label(maybe, structure=np.ones((3, 3, 3), bool))
+    touched = np.unique(comp[(scribbles == 2) & maybe])
+    touched = touched[touched > 0]
+    return np.isin(comp, touched)
+
+
 def slice_scores(error: np.ndarray, axis: int, scribbles: np.ndarray | None, *,
                  threshold: float, painted_weight: float) -> np.ndarray:
     """Per-slice error mass along ``axis`` of an (Z, Y, X) :func:`error_map` (a new array).
@@ -188,7 +227,8 @@ def best_region(error2d: np.ndarray, threshold: float, margin: int = BOX_MARGIN
 
 def suggest(probabilities: np.ndarray, *, scribbles: np.ndarray | None = None, top: int = 5,
             labels: np.ndarray | None = None, axis: int = 0, threshold: float = THRESHOLD,
-            painted_weight: float = PAINTED_WEIGHT) -> list[Suggestion]:
+            painted_weight: float = PAINTED_WEIGHT, stroke_connected: bool = True,
+            reach_threshold: float = REACH_THRESHOLD, signal: str = "error") -> list[Suggestion]:
     """The ``top`` slices to paint next, best first, each with the region to look at.
 
     Args:
@@ -201,6 +241,15 @@ def suggest(probabilities: np.ndarray, *, scribbles: np.ndarray | None = None, t
         axis: slicing axis of the (Z, Y, X) grid, 0 = z (axial slices).
         threshold: normalised error (0..1) below which a voxel counts 0.
         painted_weight: weight (0..1) of a slice that already carries strokes.
+        stroke_connected: the label map shows only the foreground regions that touch a
+            foreground stroke (the dock's and ``Session.segment``'s default for K = 2): only
+            errors that could show there count (:func:`reachable`). Ignored unless K = 2 and
+            ``scribbles`` has a foreground stroke.
+        reach_threshold: normalised error above which an unsure voxel may join the shown
+            foreground in :func:`reachable` (0..1).
+        signal: per-voxel signal, ``"error"`` (:func:`error_map`, the default) or
+            ``"entropy"`` (normalised entropy of the class distribution; measured worse,
+            docs/guided.md).
 
     Returns:
         Up to ``top`` :class:`Suggestion` sorted by decreasing score; slices with no error
@@ -210,11 +259,21 @@ def suggest(probabilities: np.ndarray, *, scribbles: np.ndarray | None = None, t
         InputError: shapes, dtypes or values that are not probabilities / label maps, top < 1,
             axis not 0, 1 or 2, threshold or painted_weight outside [0, 1].
     """
-    for name, value in (("threshold", threshold), ("painted_weight", painted_weight)):
+    for name, value in (("threshold", threshold), ("painted_weight", painted_weight),
+                        ("reach_threshold", reach_threshold)):
         if not (isinstance(value, (int, float)) and 0.0 <= float(value) <= 1.0):
             raise InputError(f"{name} must be a number in [0, 1], got {value!r}")
     probs, scr, lab = _check(probabilities, scribbles, labels, top, axis)
+    if signal not in ("error", "entropy"):
+        raise InputError(f"signal must be 'error' or 'entropy', got {signal!r}")
     error = error_map(probs, lab)
+    seen = None
+    if stroke_connected:
+        seen = reachable(error, probs, scr, reach_threshold)
+    if signal == "entropy":
+        error = entropy_map(probs)
+    if seen is not None:
+        error[~seen] = 0.0
     scores = slice_scores(error, axis, scr, threshold=threshold, painted_weight=painted_weight)
     order = [int(i) for i in np.argsort(-scores, kind="stable") if scores[i] > 0][:top]
     out = []
