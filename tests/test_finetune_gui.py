@@ -69,7 +69,7 @@ def test_scribbles_layer_on_image_grid(make_napari_viewer, qtbot, phantom):
     fin.class_combo.setCurrentIndex(3)
     assert layer.selected_label == 4
     # colours follow the model classes: scribble value k has the colour of class k-1
-    from napari_cnnseg._session import class_color
+    from napari_cnnseg._colors import class_color
 
     for k in range(1, len(CLASSES) + 1):
         np.testing.assert_allclose(layer.colormap.map(k), class_color(k - 1), atol=1e-6)

@@ -87,7 +87,7 @@ def test_undo_stack_is_bounded(tmp_path):
     scr = scribbles_from(labels.array)
     for _ in range(6):
         s.finetune(scr, steps=1, refresh=False, **FAST)
-    assert len(s._versions) == 3
+    assert len(s.versions) == 3
     undone = 0
     while s.undo():
         undone += 1

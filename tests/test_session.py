@@ -83,7 +83,7 @@ def test_region_equals_whole_and_applies_in_place(session):
     with torch.no_grad():
         for p in session.model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    session._weights_step += 1
+    session.versions.step += 1
     upd2 = session.predict_region(session.slice_roi(1, 7))
     before = res.probabilities.copy()
     assert session.apply_region(upd2)

@@ -32,6 +32,32 @@ class Results:
     weights_step: int = 0
     geometry: Any = None
 
+    @classmethod
+    def empty(cls, shape: tuple[int, int, int], num_classes: int) -> Results:
+        """All background, zero probabilities: results to fill in region by region."""
+        from .core.pipeline import labels_dtype
+
+        return cls(np.zeros(shape, dtype=labels_dtype(num_classes)),
+                   np.zeros((num_classes, *shape), dtype=np.float32),
+                   np.zeros(shape, dtype=np.float32), weights_step=-1)
+
+    def apply(self, update: RegionUpdate) -> bool:
+        """Write a region prediction into these arrays in place.
+
+        Returns:
+            False (and changes nothing) if the class counts differ or these results are newer
+            than the update.
+        """
+        if update.weights_step < self.weights_step:
+            return False
+        if update.probabilities.shape[0] != self.probabilities.shape[0]:
+            return False
+        self.labels[update.roi] = update.labels
+        self.probabilities[(slice(None), *update.roi)] = update.probabilities
+        self.uncertainty[update.roi] = update.uncertainty
+        self.weights_step = update.weights_step
+        return True
+
 
 @dataclass
 class RegionUpdate:

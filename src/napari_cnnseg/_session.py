@@ -32,12 +32,7 @@ from typing import Any
 import numpy as np
 
 from ._autosave import ScribbleStore, image_key
-from ._colors import (  # noqa: F401 - re-exported: the docks import them from here
-    CLASS_COLORMAPS,
-    CLASS_COLORS,
-    class_color,
-    class_colormap,
-)
+from ._model_info import FAMILIES, ModelOrigin, build_new_model, describe_model, receptive_field
 from ._results import (  # noqa: F401 - re-exported: the docks and tests import them from here
     FinetuneOutcome,
     RegionUpdate,
@@ -45,36 +40,21 @@ from ._results import (  # noqa: F401 - re-exported: the docks and tests import 
     Roi,
     normalized_entropy,
 )
-from .core.errors import Cancelled, InputError
+from ._session_training import (
+    LIVE_REFRESH_MAX_SHARE,
+    LiveTraining,
+    _Previews,
+    run_finetune,
+    warm_up_training,
+)
+from ._versions import WeightVersions
+from .core.errors import InputError
 from .core.jobs import CancelFn, ProgressFn
 from .core.pipeline import labels_dtype
 
 logger = logging.getLogger(__name__)
 
-#: registry names of the network families offered as "New untrained ..." models
-FAMILIES: dict[str, str] = {
-    "feature_net": "Feature net (recommended for a new structure)",
-    "patch_classifier": "Patch classifier",
-    "unet": "U-Net",
-    "encoder_decoder": "Encoder-decoder",
-    "multiscale": "Multi-scale",
-}
-
-#: live previews during fine-tuning take at most this share of the training time
-LIVE_REFRESH_MAX_SHARE = 0.2
-
-
-def warm_up_training() -> None:
-    """Pay torch's one-time optimiser start-up cost (it imports ``torch._dynamo``, ~1-3 s).
-
-    The Fine-tune dock calls this in a background thread when it opens, so the first click on
-    Fine-tune does not wait for it.
-    """
-    import torch
-
-    from .core import inference, training  # noqa: F401 - imported for their start-up cost
-
-    torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
+__all__ = ["FAMILIES", "LIVE_REFRESH_MAX_SHARE", "LiveTraining", "Session", "warm_up_training"]
 
 
 class Session:
@@ -104,14 +84,12 @@ class Session:
             "batch_size": None,
         }
         self.autosave_folder = autosave_folder
-        self.max_versions = max_versions
-        self._versions: list[dict[str, Any]] = []
-        self._tuned = 0  # fine-tuning rounds applied to the current model (Undo steps back)
+        #: previous weights (Undo) and the weights / rounds counters
+        self.versions = WeightVersions(max_versions)
         self._untrained = False  # the current model was built untrained (see model_is_fresh)
         #: labels keep only the regions of a painted class that touch its strokes (after
         #: fine-tuning; see ``segment``)
         self.keep_stroke_components = True
-        self._weights_step = 0
         self._store: ScribbleStore | None = None
 
     # ------------------------------------------------------------------ image
@@ -167,15 +145,13 @@ class Session:
         self.model = model
         self.model_source = source
         self._untrained = bool(untrained)
-        self._versions.clear()
-        self._tuned = 0
-        self._weights_step += 1
+        self.versions.reset()
 
     @property
     def model_is_fresh(self) -> bool:
         """True while the model is one this session built untrained (``new_model``) and not yet
         fine-tuned (or undone back to that state): the fresh-net recipe applies only then."""
-        return self._untrained and self._tuned == 0
+        return self._untrained and self.versions.tuned == 0
 
     def load_model(self, name_or_path: str | os.PathLike) -> Any:
         """Load a shipped model by name or a checkpoint file; raises CheckpointError if bad."""
@@ -204,30 +180,21 @@ class Session:
             **config: architecture settings passed to ``build_model``, over the
                 interactive defaults of :func:`~.core.models.interactive_config`.
         """
-        from .core.models import build_model, interactive_config
-
-        if family not in FAMILIES:
-            raise InputError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
-        if class_names is None:
-            k = int(num_classes or 2)
-            class_names = ["background"] + [f"class {i}" for i in range(1, k)]
-        class_names = [str(n).strip() or f"class {i}" for i, n in enumerate(class_names)]
-        if len(class_names) < 2:
-            raise InputError("a segmentation model needs at least 2 classes (background + one)")
+        spacing = tuple(self.volume.spacing) if self.volume is not None else None
         if in_channels is None:
             in_channels = self.num_channels if self.volume is not None else 1
-        spacing = tuple(self.volume.spacing) if self.volume is not None else None
-        # the recommended net for a new task on this grid, unless overridden
-        config = {**interactive_config(family, spacing), **config}
-        model = build_model(
-            family, in_channels=int(in_channels), num_classes=len(class_names), **config
-        )
-        meta = dict(getattr(model, "meta", None) or {})
-        meta.update(class_names=list(class_names), description=f"untrained {FAMILIES[family]}",
-                    new_task=True)
-        model.meta = meta
+        model = build_new_model(family, class_names, num_classes=num_classes,
+                                in_channels=int(in_channels), spacing=spacing, **config)
         self.set_model(model, source=f"new {family}", untrained=True)
         return model
+
+    @property
+    def origin(self) -> ModelOrigin:
+        """Where the current model comes from (new / shipped / checkpoint) and how often it
+        was fine-tuned here; None-like ``ModelOrigin("none")`` without a model."""
+        if self.model is None:
+            return ModelOrigin("none", "")
+        return ModelOrigin.of(self.model_source, untrained=self._untrained, tuned=self.versions.tuned)
 
     def prepare_features(self) -> float:
         """Compute the fixed filters of a ``feature_net`` over the image now (cached for the
@@ -275,44 +242,12 @@ class Session:
         """A short human description: family, receptive field, classes, training spacing."""
         if self.model is None:
             return "No model chosen."
-        meta = self.meta
-        arch = getattr(self.model, "arch_name", type(self.model).__name__)
-        family = FAMILIES.get(arch, arch)
-        about = str(meta.get("description") or self.model_source or arch)
-        if len(about) > 60:
-            about = about[:57].rstrip() + "…"
-        if self._tuned:  # what the weights are now, not only where they came from
-            tuned = f"fine-tuned {self._tuned}× here"
-            about = f"new, {tuned}" if self._untrained else f"{about}; {tuned}"
-        lines = [f"{family} ({about})"]
-        rf = self.receptive_field()
-        if rf is not None:
-            lines.append("receptive field " + "×".join(str(r) for r in rf) + " voxels (z×y×x)")
-        names = meta["class_names"]
-        lines.append(f"{len(names)} classes: " + ", ".join(names))
-        spacing = meta.get("spacing")
-        if spacing:
-            lines.append("trained at spacing " + "×".join(f"{float(s):g}" for s in spacing))
-        n = sum(int(p.numel()) for p in self.model.parameters())
-        lines.append(f"{n / 1e3:.1f} k parameters, {self.in_channels} input channel(s)")
-        return "\n".join(lines)
+        return describe_model(self.model, self.meta, source=self.model_source,
+                              tuned=self.versions.tuned, started_untrained=self._untrained)
 
     def receptive_field(self) -> tuple[int, int, int] | None:
         """Receptive field (z, y, x) in voxels, if the network states it."""
-        rf = getattr(self.model, "receptive_field", None)
-        if rf is not None:
-            return tuple(int(r) for r in rf)  # type: ignore[return-value]
-        margin = getattr(self.model, "margin", None)
-        if margin is None and hasattr(self.model, "to_dense"):
-            try:
-                from .core.models import as_dense
-
-                margin = getattr(as_dense(self.model), "margin", None)
-            except Exception:  # noqa: BLE001 - description only
-                margin = None
-        if margin is not None and any(int(m) > 0 for m in margin):
-            return tuple(2 * int(m) + 1 for m in margin)  # type: ignore[return-value]
-        return None
+        return receptive_field(self.model)
 
     # ------------------------------------------------------------- prediction
     def check_ready(self) -> None:
@@ -326,52 +261,13 @@ class Session:
                 "Segment dock or choose a model trained on the same channels"
             )
 
-    def _auto_tile_shape(self) -> tuple[int, int, int] | None:
-        """Tile request for nets with wide valid margins (None = predict's default).
-
-        A valid net loses ``2 * margin`` voxels per tile; with predict's default 96^3 tiles a
-        net with a 44-voxel margin would keep only 8^3 of every tile. Ask for tiles whose
-        output is at least ~48 voxels per axis instead (predict still clips them to the image).
-        """
-        margin = getattr(self.model, "margin", None)
-        if margin is None and hasattr(self.model, "to_dense"):
-            try:
-                from .core.models import as_dense
-
-                margin = getattr(as_dense(self.model), "margin", None)
-            except Exception:  # noqa: BLE001 - fall back to predict's default
-                return None
-        if margin is None or max(int(m) for m in margin) <= 16:
-            return None
-        return tuple(max(96, 2 * int(m) + 48) for m in margin)  # type: ignore[return-value]
-
-    def _predict(
-        self,
-        roi: Roi | None,
-        progress: ProgressFn | None,
-        cancel: CancelFn | None,
-        *,
-        live: bool = False,
-    ) -> np.ndarray:
-        from .core.inference import predict
-
+    def _predict_options(self, *, live: bool = False) -> dict[str, Any]:
+        """``core.inference.predict`` settings (None = automatic)."""
         options = {k: v for k, v in self.predict_options.items() if v is not None}
-        if "tile_shape" not in options:
-            tile = self._auto_tile_shape()
-            if tile is not None:
-                options["tile_shape"] = tile
         if live and options.get("precision", "auto") == "auto":
             # weights change between live refreshes: skip the per-weights bf16 probe
             options["precision"] = "fp32"
-        was_training = bool(getattr(self.model, "training", False))
-        try:
-            probs = predict(
-                self.volume.array, self.model, roi=roi, progress=progress, cancel=cancel, **options
-            )
-        finally:
-            if was_training:
-                self.model.train(True)
-        return np.asarray(probs, dtype=np.float32)
+        return options
 
     def segment(
         self, *, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
@@ -379,24 +275,27 @@ class Session:
     ) -> Results:
         """Predict the whole volume with the current model; stores and returns the results.
 
-        With ``scribbles`` (Z, Y, X), :attr:`keep_stroke_components` on and a two-class model
-        (one structure on a background), predicted regions of the structure that touch none of
-        its strokes are set to background in the label map (``core.postprocess``); the
-        probability maps stay as predicted.
+        The one segmentation path of the CLI and the Slicer module
+        (``core.pipeline.segment_volume``). With :attr:`keep_stroke_components` on and a
+        two-class model (one structure on a background), predicted regions of the structure
+        that touch none of its strokes are set to background in the label map
+        (``core.postprocess``): the strokes of ``scribbles`` (Z, Y, X) when given, else those
+        the model was last fine-tuned on. The probability maps stay as predicted.
         """
-        self.check_ready()
-        step = self._weights_step
-        probs = self._predict(None, progress, cancel)
-        k = probs.shape[0]
-        labels = np.argmax(probs, axis=0).astype(labels_dtype(k))
-        if self.keep_stroke_components:
-            from .core.postprocess import applies_to, apply_stroke_seeds, keep_stroke_components
+        from .core.pipeline import segment_volume
 
-            if scribbles is None:  # the strokes the model was last fine-tuned on, if any
-                labels = apply_stroke_seeds(labels, getattr(self.model, "meta", None) or {}, k)
-            elif applies_to(k):
-                labels = keep_stroke_components(labels, scribbles)
-        results = Results(labels, probs, normalized_entropy(probs), weights_step=step)
+        self.check_ready()
+        step = self.versions.step
+        was_training = bool(getattr(self.model, "training", False))
+        try:
+            out = segment_volume(self.volume, self.model, progress=progress, cancel=cancel,
+                                 postprocess=self.keep_stroke_components, strokes=scribbles,
+                                 **self._predict_options())
+        finally:
+            if was_training:
+                self.model.train(True)
+        results = Results(out.labels.array, out.probabilities.array, out.uncertainty.array,
+                          weights_step=step, geometry=out.labels)
         self.results = results
         return results
 
@@ -407,13 +306,7 @@ class Session:
         shape = self.spatial_shape
         res = self.results
         if res is None or res.labels.shape != shape or res.probabilities.shape[0] != k:
-            res = Results(
-                np.zeros(shape, dtype=labels_dtype(k)),
-                np.zeros((k, *shape), dtype=np.float32),
-                np.zeros(shape, dtype=np.float32),
-                weights_step=-1,
-            )
-            self.results = res
+            res = self.results = Results.empty(shape, k)
         return res
 
     def slice_roi(self, axis: int, index: int) -> Roi:
@@ -430,8 +323,11 @@ class Session:
         """Predict only ``roi`` (3 slices, z, y, x) with the current weights (not stored)."""
         self.check_ready()
         roi = tuple(slice(*s.indices(n)[:2]) for s, n in zip(roi, self.spatial_shape, strict=True))  # type: ignore[assignment]
-        step = self._weights_step
-        probs = self._predict(roi, None, cancel, live=True)
+        from .core.inference import predict
+
+        step = self.versions.step
+        probs = np.asarray(predict(self.volume.array, self.model, roi=roi, cancel=cancel,
+                                   **self._predict_options(live=True)), dtype=np.float32)
         k = probs.shape[0]
         labels = np.argmax(probs, axis=0).astype(labels_dtype(k))
         return RegionUpdate(roi, labels, probs, normalized_entropy(probs), weights_step=step)
@@ -443,16 +339,7 @@ class Session:
             False (and changes nothing) if there are no results of the same class count yet or
             if they are newer than the update.
         """
-        res = self.results
-        if res is None or update.weights_step < res.weights_step:
-            return False
-        if update.probabilities.shape[0] != res.probabilities.shape[0]:
-            return False
-        res.labels[update.roi] = update.labels
-        res.probabilities[(slice(None), *update.roi)] = update.probabilities
-        res.uncertainty[update.roi] = update.uncertainty
-        res.weights_step = update.weights_step
-        return True
+        return self.results is not None and self.results.apply(update)
 
     # ------------------------------------------------------------- fine-tuning
     def check_scribbles(self, scribbles: np.ndarray) -> np.ndarray:
@@ -464,36 +351,31 @@ class Session:
         check_scribbles(scribbles, self.spatial_shape, len(self.class_names), allow_float=False)
         return scribbles
 
-    def _push_version(self) -> None:
-        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self._versions.append(state)
-        del self._versions[: -self.max_versions]
+    # ------------------------------------------------------------- versions (Undo)
+    @property
+    def model_started_new(self) -> bool:
+        """True when this session built the model untrained (``new_model``)."""
+        return self._untrained
 
     @property
     def tuned_rounds(self) -> int:
         """Fine-tuning rounds applied to the current model in this session (Undo steps back)."""
-        return self._tuned
+        return self.versions.tuned
 
     @property
     def can_undo(self) -> bool:
         """True if a previous model version exists."""
-        return bool(self._versions)
+        return len(self.versions) > 0
 
     def undo(self) -> bool:
         """Restore the previous model version; False if there is none. Results become stale."""
-        if not self._versions:
-            return False
-        self.model.load_state_dict(self._versions.pop())
-        self._weights_step += 1
-        self._tuned = max(0, self._tuned - 1)
-        return True
+        return self.versions.undo(self.model)
 
-    def finetune(
+    # ------------------------------------------------------------- fine-tuning
+    def finetune(  # noqa: PLR0913 - the dock's callbacks; see _session_training
         self,
         scribbles: np.ndarray,
         *,
-        steps: int | None = None,
-        seconds: float | None = None,
         refresh_every: int = 5,
         refresh_seconds: float | None = None,
         region: Callable[[], Roi | None] | None = None,
@@ -505,108 +387,25 @@ class Session:
         refresh_progress: ProgressFn | None = None,
         **train_options: Any,
     ) -> FinetuneOutcome:
-        """Fine-tune the current model on ``scribbles`` with live region refreshes.
-
-        The weights before training are pushed on the Undo stack. After the first training step
-        and then every ``refresh_seconds`` (or every ``refresh_every`` steps), the region
-        returned by ``region()`` (e.g. the visible slice) is predicted with the current weights
-        and passed to ``on_region``, so the user sees the effect of the new strokes after one
-        step. Stopping (``cancel()`` True)
-        keeps the weights reached so far. With ``refresh`` the whole volume is predicted
-        afterwards and stored in :attr:`results`.
-
-        Args:
-            scribbles: (Z, Y, X) int array, 0 = unlabelled, k = class k-1.
-            steps, seconds: training budget (see ``core.training.finetune``).
-            refresh_every: training steps between live refreshes (>= 1), when
-                ``refresh_seconds`` is None.
-            refresh_seconds: seconds between live refreshes (the dock uses 1.5). The pause
-                also stretches to 1 / :data:`LIVE_REFRESH_MAX_SHARE` times the last refresh's
-                cost, so previews never take more than that share of the training time. The
-                time budget ``seconds`` stays wall-clock time, previews included.
-            region: returns the roi (z, y, x slices) to refresh live, or None to skip.
-            on_region: receives each :class:`RegionUpdate` (called in the training thread).
-            on_loss: receives ``(step, loss)`` after every step (training thread).
-            refresh: predict the whole volume after training.
-            progress, cancel: training progress ``(step, total)`` / stop request.
-            refresh_progress: progress of the whole-volume refresh.
-            **train_options: more keyword arguments for ``core.training.finetune`` (lr,
-                batch_size, crop_shape, prior_weight, keep_best, device, precision, ...).
+        """Fine-tune the current model on ``scribbles`` (Z, Y, X; 0 = unlabelled, k = class
+        k-1) with live region refreshes; see :func:`._session_training.run_finetune` for every
+        argument. The weights before go on the Undo stack; ``cancel()`` keeps the weights
+        reached; with ``refresh`` the whole volume is predicted afterwards into
+        :attr:`results`. ``train_options`` override the recipe (``core.recipes``).
         """
-        from .core.training import (
-            FinetuneHistory,
-            finetune,
-            recommended_crop,
-            recommended_settings,
-            started_new,
-        )
+        previews = _Previews(self, region, on_region, refresh_every, refresh_seconds)
+        return run_finetune(self, scribbles, previews=previews, refresh=refresh,
+                            progress=progress, cancel=cancel, on_loss=on_loss,
+                            refresh_progress=refresh_progress, options=train_options)
 
-        # the recipe follows where the net started: new for this task, or trained elsewhere
-        train_options = {"crop_shape": recommended_crop(self.spatial_shape, self.volume.spacing),
-                         **recommended_settings(self._untrained or started_new(self.model),
-                                                self.model),
-                         **train_options}
-        scribbles = self.check_scribbles(scribbles)
-        every = max(1, int(refresh_every))
-        outcome = FinetuneOutcome(history=FinetuneHistory())
-        self._push_version()
-        model = self.model
-        last = [0]
-        next_at = [0.0]  # perf_counter time of the next due refresh (refresh_seconds)
+    def start_live(self, scribbles: np.ndarray, **train_options: Any) -> LiveTraining:
+        """Start training that takes new strokes as they are painted (see :class:`LiveTraining`).
 
-        def _due(done: int) -> bool:
-            if done == 1:
-                return True
-            if refresh_seconds is None:
-                return done - last[0] >= every
-            return time.perf_counter() >= next_at[0]
-
-        def _on_step(done: int, total: int) -> None:
-            # called by the trainer after every optimisation step (weights consistent)
-            self._weights_step += 1
-            outcome.steps = done
-            if progress is not None:
-                progress(done, total)
-            if on_loss is not None and outcome.history.losses:
-                on_loss(done, float(outcome.history.losses[-1]))
-            if region is None or on_region is None or not _due(done):
-                return
-            roi = region()
-            if roi is not None:
-                last[0] = done
-                t0 = time.perf_counter()
-                on_region(self.predict_region(roi))
-                outcome.region_updates += 1
-                now = time.perf_counter()
-                pause = max(float(refresh_seconds or 0.0), (now - t0) / LIVE_REFRESH_MAX_SHARE)
-                next_at[0] = now + pause
-
-        try:
-            finetune(
-                model,
-                self.volume.array,
-                scribbles,
-                steps=steps,
-                seconds=seconds,
-                history=outcome.history,
-                progress=_on_step,
-                cancel=cancel,
-                **train_options,
-            )
-        except Cancelled:
-            outcome.stopped = True
-            logger.info("fine-tuning stopped by the user; keeping the weights reached")
-        except BaseException:
-            # nothing useful happened: put the previous weights back
-            model.load_state_dict(self._versions.pop())
-            raise
-        self._tuned += 1
-        self._weights_step += 1
-        outcome.losses = [float(x) for x in outcome.history.losses]
-        model.eval()
-        if refresh:
-            outcome.results = self.segment(progress=refresh_progress, scribbles=scribbles)
-        return outcome
+        Pushes one Undo version (the weights before the live session); the fixed features of a
+        ``feature_net`` are computed here if not cached yet.
+        """
+        self.check_ready()
+        return LiveTraining(self, scribbles, **train_options)
 
     def save_model(self, path: str | os.PathLike) -> Path:
         """Write the current model as a checkpoint (safetensors + JSON sidecar)."""

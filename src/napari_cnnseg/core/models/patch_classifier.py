@@ -191,8 +191,23 @@ class PatchClassifier(nn.Module):
         return self.head(torch.flatten(self.features(x), 1))
 
     def to_dense(self) -> DensePatchClassifier:
-        """Exact fully convolutional copy (same weights, same train/eval mode, same device)."""
+        """Exact fully convolutional copy (same weights, same train/eval mode, same device).
+
+        Built once per version of the weights: the copy is kept until a parameter or buffer
+        changes (an optimiser step, ``load_state_dict``, a move to another device), so the
+        several callers of one Segment click (description, tile policy, prediction) share it.
+        Treat it as read-only (``core.netprep`` makes its own fast copy).
+        """
+        key = (tuple((t.data_ptr(), t._version, str(t.device), t.dtype)
+                     for t in (*self.parameters(), *self.buffers())),
+               self.get_config().__repr__())
+        cached = self.__dict__.get("_dense_cache")
+        if cached is not None and cached[0] == key:
+            if getattr(self, "meta", None) is not None:  # meta may change without the weights
+                cached[1].meta = dict(self.meta)
+            return cached[1].train(self.training)
         dense = DensePatchClassifier(self)
+        self.__dict__["_dense_cache"] = (key, dense)
         return dense.train(self.training)
 
 
