@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from napari_cnnseg.core.errors import Cancelled, InputError
+from napari_cnnseg.core.losses import scribble_loss
 from napari_cnnseg.core.metrics import mean_foreground_dice
 from napari_cnnseg.core.models import build_model
 from napari_cnnseg.core.sampling import CropGeometry, ScribbleSampler
-from napari_cnnseg.core.losses import scribble_loss
 from napari_cnnseg.core.training import Evaluated, StepDone, crop_geometry, finetune
 
 # tiny configurations of every family (fast on 2 CPU cores)

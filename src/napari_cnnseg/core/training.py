@@ -46,8 +46,8 @@ from .recipes import (  # noqa: F401 - re-exported: callers import the recipe fr
 from .trainer import (  # noqa: F401 - re-exported: the run's pieces live in core.trainer
     PATCHES_PER_CROP,
     CropTrainer,
-    EventFn,
     Evaluated,
+    EventFn,
     FinetuneHistory,
     PointwiseTrainer,
     StepDone,

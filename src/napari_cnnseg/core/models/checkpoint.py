@@ -39,38 +39,26 @@ from torch import nn
 
 from ..errors import CheckpointError, InputError
 from ..normalization import DEFAULT_NORMALIZATION
+from ._untrusted import (  # noqa: F401 - the limits are documented from here too
+    LIMITS,
+    MAX_JSON_DEPTH,
+    MAX_PARAMETERS,
+    MAX_SIDECAR_BYTES,
+    PICKLE_SUFFIXES,
+    build_checked,
+    check_tensor_table,
+    json_depth,
+    read_safetensors_header,
+    refuse_pickle,
+    safe_json,
+)
 
 log = logging.getLogger(__name__)
 
 FORMAT = "napari-cnnseg-model"
 FORMAT_VERSION = 1
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
-PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin", ".tar")
 _SUFFIXES = (".safetensors", ".json")
-
-#: largest JSON sidecar read (a real one is a few kB)
-MAX_SIDECAR_BYTES = 1 << 20
-#: deepest nesting of lists/objects in a sidecar or safetensors header (a real one: 4)
-MAX_JSON_DEPTH = 32
-#: longest number literal (digits) in a sidecar or header
-MAX_NUMBER_DIGITS = 30
-#: largest safetensors JSON header (a real one: a few kB; safetensors' own cap is 100 MB)
-MAX_SAFETENSORS_HEADER = 16 << 20
-#: most parameters a checkpoint's architecture may have (4e8 float32 = 1.6 GB; the shipped
-#: models have < 1e6)
-MAX_PARAMETERS = 400_000_000
-#: the limits, for documentation and messages
-LIMITS = {
-    "sidecar_bytes": MAX_SIDECAR_BYTES,
-    "json_depth": MAX_JSON_DEPTH,
-    "number_digits": MAX_NUMBER_DIGITS,
-    "safetensors_header_bytes": MAX_SAFETENSORS_HEADER,
-    "parameters": MAX_PARAMETERS,
-}
-#: safetensors dtype names -> bytes per element
-_ST_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-              "U8": 1, "U16": 2, "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
-
 
 def _package_version() -> str:
     from ... import __version__
@@ -170,7 +158,7 @@ def _recover_pair(weights: Path, sidecar: Path) -> bool:
             if cand.stat().st_size > MAX_SIDECAR_BYTES:
                 continue
             text = cand.read_text(encoding="utf-8")
-            if _json_depth(text) > MAX_JSON_DEPTH or json.loads(text).get("weights_sha256") != digest:
+            if json_depth(text) > MAX_JSON_DEPTH or json.loads(text).get("weights_sha256") != digest:
                 continue
             os.replace(cand, sidecar)
         except (OSError, ValueError, AttributeError, RecursionError):
@@ -271,151 +259,6 @@ def save_model(path: str | os.PathLike[str], model: nn.Module, **meta: Any) -> P
     return weights
 
 
-def _refuse_pickle(p: Path) -> None:
-    if p.suffix.lower() in PICKLE_SUFFIXES:
-        raise CheckpointError(
-            f"{p.name} is a pickle-based PyTorch file; loading it could run arbitrary code, so "
-            "napari-cnnseg refuses it. Convert it once, in a Python session you trust: "
-            "build the network with build_model(...), load_state_dict(torch.load(..., "
-            "weights_only=True)), then save_model(path, model) to get .safetensors + .json"
-        )
-
-
-def _json_depth(text: str) -> int:
-    """Deepest nesting of ``[``/``{`` in JSON ``text`` (brackets inside strings ignored),
-    computed without recursion."""
-    import re
-
-    import numpy as np
-
-    stripped = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)
-    b = np.frombuffer(stripped.encode("utf-8", "replace"), dtype=np.uint8)
-    step = (np.isin(b, (ord("["), ord("{"))).astype(np.int64)
-            - np.isin(b, (ord("]"), ord("}"))).astype(np.int64))
-    return int(np.cumsum(step).max()) if step.size else 0
-
-
-def _safe_json(text: str, where: str) -> Any:
-    """``json.loads`` of untrusted text within :data:`LIMITS` (depth, number length, no NaN)."""
-    depth = _json_depth(text)
-    if depth > MAX_JSON_DEPTH:
-        raise CheckpointError(
-            f"{where} nests JSON {depth} levels deep (limit {MAX_JSON_DEPTH}: deeper nesting "
-            "would exhaust the parser's recursion); it was not written by save_model, "
-            "re-save the model with save_model"
-        )
-
-    def number(literal: str) -> Any:
-        if len(literal.lstrip("-")) > MAX_NUMBER_DIGITS:
-            raise CheckpointError(
-                f"{where} holds a number of {len(literal)} characters (limit "
-                f"{MAX_NUMBER_DIGITS}); re-save the model with save_model"
-            )
-        return float(literal) if any(c in literal for c in ".eE") else int(literal)
-
-    def constant(name: str) -> Any:
-        raise CheckpointError(f"{where} holds {name}, which is not valid JSON; re-save the model")
-
-    try:
-        return json.loads(text, parse_int=number, parse_float=number, parse_constant=constant)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as exc:
-        raise CheckpointError(f"{where} is not valid JSON ({str(exc)[:200]})") from None
-
-
-def _read_safetensors_header(p: Path) -> dict[str, Any]:
-    """The tensor table of a safetensors file, checked against the file itself.
-
-    Returns ``{name: (dtype, shape)}``. Refuses (CheckpointError) a file that is not
-    safetensors, a header over :data:`MAX_SAFETENSORS_HEADER`, unknown dtypes, negative or
-    non-integer sizes, and byte ranges that do not match the shapes or lie beyond the end of
-    the file (a header claiming exabytes), before anything is allocated.
-    """
-    size = p.stat().st_size
-    bad = (f"{p} is not a safetensors file (it may be a renamed pickle or truncated); "
-           "save models with save_model(...)")
-    with open(p, "rb") as f:
-        head = f.read(9)
-        if len(head) < 9 or head[8:9] != b"{":
-            raise CheckpointError(bad)
-        n = int.from_bytes(head[:8], "little")
-        if n > MAX_SAFETENSORS_HEADER:
-            raise CheckpointError(
-                f"{p.name}: its safetensors header claims {n} bytes (limit "
-                f"{MAX_SAFETENSORS_HEADER}; a real one is a few kB): damaged or not written by "
-                "save_model; re-save the model"
-            )
-        if n > size - 8:
-            raise CheckpointError(bad)
-        f.seek(8)
-        text = f.read(n).decode("utf-8", "replace")
-    header = _safe_json(text, f"{p.name} (safetensors header)")
-    if not isinstance(header, dict):
-        raise CheckpointError(bad)
-    data_bytes = size - 8 - n
-    table: dict[str, Any] = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        ok = isinstance(entry, dict) and entry.get("dtype") in _ST_DTYPES
-        shape, offsets = (entry.get("shape"), entry.get("data_offsets")) if ok else (None, None)
-        ok = ok and isinstance(shape, list) and len(shape) <= 8 and all(
-            isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape)
-        ok = ok and isinstance(offsets, list) and len(offsets) == 2 and all(
-            isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-        if not ok:
-            raise CheckpointError(f"{p.name}: tensor {str(name)[:80]!r} has a malformed header "
-                                  "entry (dtype, shape, data_offsets); re-save the model")
-        need = _ST_DTYPES[entry["dtype"]]
-        for d in shape:
-            need *= d
-        begin, end = offsets
-        if not 0 <= begin <= end <= data_bytes or end - begin != need:
-            raise CheckpointError(
-                f"{p.name}: tensor {str(name)[:80]!r} of shape {tuple(shape)} needs {need} bytes but "
-                f"its header points at bytes {begin}..{end} of {data_bytes} in the file: damaged "
-                "or truncated; save both files again with save_model"
-            )
-        table[str(name)] = (entry["dtype"], tuple(shape))
-    return table
-
-
-def _check_safetensors_header(p: Path) -> None:
-    """Backward-compatible name: :func:`_read_safetensors_header` without the result."""
-    _read_safetensors_header(p)
-
-
-def _build_checked(doc: dict[str, Any], sidecar: Path) -> nn.Module:
-    """Build the sidecar's architecture, refusing absurd sizes before allocating weights."""
-    from .registry import build_model
-
-    arch, config = doc["arch"], doc.get("config", {})
-
-    def build() -> nn.Module:
-        try:
-            return build_model(arch, **config)
-        except (KeyError, InputError, TypeError, ValueError, OverflowError, RuntimeError) as exc:
-            raise CheckpointError(
-                f"{sidecar}: cannot rebuild the architecture {str(arch)[:80]!r} "
-                f"({str(exc)[:300]}); the file was not written by this napari-cnnseg's save_model"
-            ) from None
-
-    try:
-        with torch.device("meta"):  # shapes only: no memory for the weights
-            probe = build()
-        count = sum(int(t.numel()) for t in probe.state_dict().values())
-    except CheckpointError:
-        raise
-    except Exception:  # noqa: BLE001 - an architecture that cannot be built on "meta"
-        count = None
-    if count is not None and count > MAX_PARAMETERS:
-        raise CheckpointError(
-            f"{sidecar}: architecture {arch!r} with this config has {count:,} parameters (limit "
-            f"{MAX_PARAMETERS:,}, {MAX_PARAMETERS * 4 / 1e9:.1f} GB as float32); refused "
-            "before allocating it: the sidecar is damaged or not from save_model"
-        )
-    return build()
-
-
 def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
     """Load a checkpoint written by :func:`save_model` (eval mode, with ``.meta``).
 
@@ -435,7 +278,7 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     from safetensors.torch import load_file
 
     p = Path(path).expanduser()
-    _refuse_pickle(p)
+    refuse_pickle(p)
     stem = _stem(p)
     weights = stem.with_name(stem.name + ".safetensors")
     sidecar = stem.with_name(stem.name + ".json")
@@ -445,6 +288,40 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
                 f"model {what} {f} not found; a model is a pair <name>.safetensors + "
                 "<name>.json written by save_model"
             )
+    doc = _read_sidecar(sidecar)
+    table = read_safetensors_header(weights)
+    digest = doc.get("weights_sha256")
+    if digest and digest != _sha256(weights) and _recover_pair(weights, sidecar):
+        return load_model(path, device=device)  # a killed save_model, now completed
+    if digest and digest != _sha256(weights):
+        raise CheckpointError(
+            f"{weights.name} does not match its sidecar {sidecar.name} (checksum differs); "
+            "save both files together with save_model"
+        )
+    model = build_checked(doc, sidecar)
+    expected = model.state_dict()
+    check_tensor_table({n: shape for n, (_, shape) in table.items()}, expected, weights,
+                       doc["arch"])
+    try:
+        tensors = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {weights} ({exc})") from None
+    check_tensor_table({n: tuple(t.shape) for n, t in tensors.items()}, expected, weights,
+                       doc["arch"])
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:  # e.g. a dtype that cannot be copied into the parameter
+        raise CheckpointError(f"{weights.name} does not fit {doc['arch']!r} ({str(exc)[:300]})") from None
+    model.eval()
+    meta = doc.get("meta")
+    model.meta = dict(meta) if isinstance(meta, dict) else {}
+    model.meta.setdefault("package_version", doc.get("package_version"))
+    return model.to(_device(device))
+
+
+def _read_sidecar(sidecar: Path) -> dict[str, Any]:
+    """The sidecar's JSON document, checked: size, text, format and version, arch/config/meta
+    types."""
     if sidecar.stat().st_size > MAX_SIDECAR_BYTES:
         raise CheckpointError(
             f"{sidecar} is {sidecar.stat().st_size} bytes (limit {MAX_SIDECAR_BYTES}; a model "
@@ -456,7 +333,7 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
         raise CheckpointError(f"{sidecar} is not valid JSON text ({exc})") from None
     except OSError as exc:
         raise CheckpointError(f"cannot read {sidecar} ({exc.strerror or exc})") from None
-    doc = _safe_json(text, str(sidecar))
+    doc = safe_json(text, str(sidecar))
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise CheckpointError(f"{sidecar} is not a napari-cnnseg model sidecar")
     version = doc.get("format_version", 0)
@@ -467,63 +344,12 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
             f"{sidecar} uses checkpoint format {doc.get('format_version')}, newer than this "
             f"napari-cnnseg ({FORMAT_VERSION}); upgrade napari-cnnseg"
         )
-    table = _read_safetensors_header(weights)
-    digest = doc.get("weights_sha256")
-    if digest and digest != _sha256(weights) and _recover_pair(weights, sidecar):
-        return load_model(path, device=device)  # a killed save_model, now completed
-    if digest and digest != _sha256(weights):
-        raise CheckpointError(
-            f"{weights.name} does not match its sidecar {sidecar.name} (checksum differs); "
-            "save both files together with save_model"
-        )
     if not isinstance(doc.get("arch"), str) or not isinstance(doc.get("config", {}), dict):
         raise CheckpointError(f"{sidecar}: 'arch' must be a name and 'config' a JSON object")
     meta = doc.get("meta")
     if meta is not None and not isinstance(meta, dict):
         raise CheckpointError(f"{sidecar}: 'meta' must be a JSON object, got {type(meta).__name__}")
-    model = _build_checked(doc, sidecar)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(table))
-    extra = sorted(set(table) - set(expected))
-    if missing or extra:
-        raise CheckpointError(
-            f"{weights.name} does not fit architecture {doc['arch']!r}: missing tensors "
-            f"{missing[:5]}, unexpected tensors {[e[:80] for e in extra[:5]]}"
-        )
-    bad = [n for n, (_, shape) in table.items() if shape != tuple(expected[n].shape)]
-    if bad:
-        n = bad[0]
-        raise CheckpointError(
-            f"{weights.name}: tensor {n!r} has shape {table[n][1]} but the architecture "
-            f"{doc['arch']!r} needs {tuple(expected[n].shape)} ({len(bad)} mismatched); save "
-            "both files together with save_model"
-        )
-    try:
-        tensors = load_file(str(weights), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read {weights} ({exc})") from None
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    if missing or extra:
-        raise CheckpointError(
-            f"{weights.name} does not fit architecture {doc['arch']!r}: missing tensors "
-            f"{missing[:5]}, unexpected tensors {extra[:5]}"
-        )
-    bad = [n for n, t in tensors.items() if tuple(t.shape) != tuple(expected[n].shape)]
-    if bad:
-        n = bad[0]
-        raise CheckpointError(
-            f"{weights.name}: tensor {n!r} has shape {tuple(tensors[n].shape)} but the "
-            f"architecture needs {tuple(expected[n].shape)} ({len(bad)} mismatched)"
-        )
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as exc:  # e.g. a dtype that cannot be copied into the parameter
-        raise CheckpointError(f"{weights.name} does not fit {doc['arch']!r} ({str(exc)[:300]})") from None
-    model.eval()
-    model.meta = dict(meta) if isinstance(meta, dict) else {}
-    model.meta.setdefault("package_version", doc.get("package_version"))
-    return model.to(_device(device))
+    return doc
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -553,7 +379,7 @@ def resolve_model(name_or_path: str | os.PathLike[str], device: str | torch.devi
     if text in list_pretrained():
         return load_model(PRETRAINED_DIR / text, device=device)
     p = Path(text).expanduser()
-    _refuse_pickle(p)
+    refuse_pickle(p)
     stem = _stem(p)
     if p.is_file() or stem.with_name(stem.name + ".json").is_file():
         return load_model(p, device=device)
