@@ -99,6 +99,17 @@ def test_two_classes_only_errors_the_stroke_connected_map_can_show_count():
     assert suggest(three, scribbles=scr, top=1)[0].index == 2
 
 
+def test_seed_scribbles_from_a_model_meta():
+    from napari_cnnseg.core.suggest import seed_scribbles
+
+    meta = {"stroke_seeds": {"shape": [4, 8, 8], "classes": {"0": [[0, 1, 2]], "1": [[3, 4, 5],
+                                                                                [9, 9, 9]]}}}
+    scr = seed_scribbles(meta, (4, 8, 8))
+    assert scr[0, 1, 2] == 1 and scr[3, 4, 5] == 2 and int((scr > 0).sum()) == 2
+    assert seed_scribbles(meta, (4, 8, 9)) is None  # another grid
+    assert seed_scribbles({}, (4, 8, 8)) is None
+
+
 def test_entropy_signal():
     p = confident()
     blur_box(p, 5, slice(0, 8), slice(0, 8), 0.5)

@@ -13,7 +13,8 @@ first, each with the region of the slice that holds most of the error. Slice num
 0-based, as napari's dims slider shows them; boxes are half-open (y0-y1 means y0 <= y < y1).
 With ``--scribbles`` (the strokes painted so far, 0 = unpainted, k = class k-1, on the image
 grid) painted voxels count for nothing, slices that carry strokes are down-weighted, and a
-two-class label map keeps only the regions that touch a stroke (what the dock shows).
+two-class label map keeps only the regions that touch a stroke (what the dock shows); without
+it, the strokes a fine-tuned checkpoint remembers (``stroke_seeds`` in its metadata) stand in.
 ``--json`` prints one JSON document instead. Progress of the prediction goes to stderr.
 """
 
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from ..core.inference import network_spec
     from ..core.models import resolve_model
     from ..core.pipeline import segment_volume
-    from ..core.suggest import suggest
+    from ..core.suggest import seed_scribbles, suggest
     from .segment import ProgressBar
 
     if args.top < 1:
@@ -109,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         if applies_to(probs.shape[0]):  # what the dock shows after fine-tuning on them
             labels = keep_stroke_components(np.argmax(probs, axis=0).astype(labels.dtype),
                                             scribbles)
+    if scribbles is None:  # the strokes a fine-tuned model remembers: what the dock knew
+        scribbles = seed_scribbles(getattr(model, "meta", None), labels.shape)
     ranked = suggest(probs, scribbles=scribbles, top=args.top, labels=labels)
     shape = tuple(int(s) for s in probs.shape[1:])
     if args.json:

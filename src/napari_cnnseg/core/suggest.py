@@ -225,6 +225,20 @@ def best_region(error2d: np.ndarray, threshold: float, margin: int = BOX_MARGIN
     return (int(inside[0]), int(inside[1])), bbox, float(mass[best - 1])
 
 
+def seed_scribbles(meta: dict | None, shape: tuple[int, int, int]) -> np.ndarray | None:
+    """The strokes a fine-tuned model remembers (``meta["stroke_seeds"]``, core.postprocess) as
+    a (Z, Y, X) uint8 scribble map, or None when it has none for a grid of ``shape``."""
+    info = (meta or {}).get("stroke_seeds")
+    if not isinstance(info, dict) or [int(s) for s in info.get("shape", [])] != list(shape):
+        return None
+    out = np.zeros(shape, np.uint8)
+    for cls, pts in (info.get("classes") or {}).items():
+        arr = np.asarray(pts, dtype=np.int64).reshape(-1, 3)
+        arr = arr[((arr >= 0) & (arr < np.array(shape))).all(1)]
+        out[arr[:, 0], arr[:, 1], arr[:, 2]] = int(cls) + 1
+    return out if out.any() else None
+
+
 def suggest(probabilities: np.ndarray, *, scribbles: np.ndarray | None = None, top: int = 5,
             labels: np.ndarray | None = None, axis: int = 0, threshold: float = THRESHOLD,
             painted_weight: float = PAINTED_WEIGHT, stroke_connected: bool = True,
