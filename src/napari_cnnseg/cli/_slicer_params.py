@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
+from ..core.precisions import PRECISION_CHOICES
+
 MODULE_NAME = "CNNSegment"
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 PRETRAINED_DIR = _PACKAGE_DIR / "core" / "models" / "pretrained"
@@ -129,7 +131,7 @@ def _groups() -> tuple[Group, ...]:
                   "Arithmetic: auto uses bfloat16/float16 where the device runs it natively "
                   "(inference: only if a probe tile agrees with float32). fp16 is for GPU "
                   "inference; fine-tuning then uses auto.",
-                  longflag="precision", default="auto", elements=("auto", "fp32", "bf16", "fp16")),
+                  longflag="precision", default="auto", elements=PRECISION_CHOICES),
             Param("integer-vector", "tileSize", "Tile size (z,y,x)",
                   "Tile size in voxels along z,y,x (slice axis first), or one number for a "
                   "cube; empty = automatic.",

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any, TextIO
 from xml.sax.saxutils import escape
 
+from ..core.precisions import TRAIN_PRECISION_CHOICES as FINETUNE_PRECISIONS
 from ._slicer_params import MODULE_NAME, NO_SHIPPED_MODEL
 
 #: records keep the public module's logger name (what users configure and filter on)
 log = logging.getLogger("napari_cnnseg.cli.slicer")
 
 #: precisions core.training.finetune accepts (fp16 is an inference-only choice)
-FINETUNE_PRECISIONS = ("auto", "fp32", "bf16")
 
 
 # ---------- Progress in Slicer's protocol ---------------------------------------------------
@@ -174,6 +174,33 @@ def _check_paths(args: argparse.Namespace) -> None:
         raise InputError("no model is shipped with this installation: choose a Model file")
 
 
+def _finetune(args: argparse.Namespace, model: Any, image: Any, scribbles: Any,
+              progress: SlicerProgress) -> None:
+    """The fine-tuning stage: the recipe of the Fine-tune dock and ``cnnseg finetune`` for
+    where the model started (a checkpoint of a net that started new for its task goes on with
+    the new-task recipe; a shipped or trained model is adapted gently), then the optional
+    output model."""
+    from ..core.models import model_meta
+    from ..core.training import finetune, recommended_crop, recommended_settings, started_new
+
+    progress.stage("finetune", f"Fine-tuning on scribbles ({args.finetuneSeconds:g} s)")
+    train_precision = args.precision
+    if train_precision not in FINETUNE_PRECISIONS:
+        log.warning("fine-tuning does not run in %s; it uses precision auto", train_precision)
+        train_precision = "auto"
+    finetune(model, image.array, scribbles, seconds=float(args.finetuneSeconds),
+             progress=progress, device=args.device, precision=train_precision,
+             crop_shape=recommended_crop(image.array.shape[-3:], image.spacing),
+             **recommended_settings(started_new(model), model))
+    if args.outputModel:
+        from ..core.models import save_model
+
+        meta = dict(model_meta(model))
+        note = f"fine-tuned in 3D Slicer on scribbles of {Path(args.inputVolume).name}"
+        meta["description"] = "; ".join(t for t in (meta.get("description"), note) if t)
+        save_model(args.outputModel, model, **meta)
+
+
 def run_segmentation(args: argparse.Namespace, stream: TextIO | None = None) -> None:
     """Read, (fine-tune,) segment and write as the parsed arguments say, reporting progress.
 
@@ -214,37 +241,11 @@ def run_segmentation(args: argparse.Namespace, stream: TextIO | None = None) -> 
 
         scribbles = check_scribbles(scribbles_on_grid(read_volume(args.scribbles), image),
                                     image.array.shape[-3:], num_classes,
-                                    what="the scribbles").astype(np.int64)
+                                    what="the scribbles")
     progress(1, 1)
 
     if finetuning:
-        from ..core.training import (
-            finetune,
-            recommended_crop,
-            recommended_settings,
-            started_new,
-        )
-
-        progress.stage("finetune", f"Fine-tuning on scribbles ({args.finetuneSeconds:g} s)")
-        train_precision = args.precision
-        if train_precision not in FINETUNE_PRECISIONS:
-            log.warning("fine-tuning does not run in %s; it uses precision auto", train_precision)
-            train_precision = "auto"
-        # the recipe the Fine-tune dock and `cnnseg finetune` use for this start: a checkpoint
-        # of a net that started new for its task goes on with the new-task recipe, a shipped
-        # or trained model is adapted gently (self prior)
-        finetune(model, image.array, scribbles, seconds=float(args.finetuneSeconds),
-                 progress=progress, device=args.device, precision=train_precision,
-                 crop_shape=recommended_crop(image.array.shape[-3:], image.spacing),
-                 **recommended_settings(started_new(model), model))
-        if args.outputModel:
-            from ..core.models import save_model
-
-            meta = dict(model_meta(model))
-            note = f"fine-tuned in 3D Slicer on scribbles of {Path(args.inputVolume).name}"
-            meta["description"] = "; ".join(t for t in (meta.get("description"), note) if t)
-            save_model(args.outputModel, model, **meta)
-
+        _finetune(args, model, image, scribbles, progress)
     progress.stage("segment", "Segmenting")
     result = segment_volume(
         image, model, probabilities=bool(args.outputProbability), uncertainty=False,

@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..core.precisions import TRAIN_PRECISION_CHOICES
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``cnnseg finetune``."""
@@ -67,7 +69,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "start, see docs/training.md)")
     p.add_argument("--channel", type=int, default=None, help="channel of a multi-channel image")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    p.add_argument("--precision", default="auto", choices=TRAIN_PRECISION_CHOICES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--class-names", nargs="+", default=None,
                    help="class names (background first) stored in the new checkpoint")

@@ -16,11 +16,11 @@ import logging
 import torch
 
 from .errors import DeviceError, InputError
+from .precisions import PRECISION_CHOICES, TRAIN_PRECISION_CHOICES  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
-PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 
 
 def _mps_available() -> bool:

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .errors import InputError, ShapeError
+from .models.base import as_shape3
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +33,7 @@ Shape3 = tuple[int, int, int]
 
 
 def _shape3(value: Any, what: str) -> Shape3:
-    if isinstance(value, int):
-        value = (value,) * 3
-    try:
-        out = tuple(int(v) for v in value)
-    except (TypeError, ValueError):
-        raise InputError(f"{what} must be 3 integers (z, y, x), got {value!r}") from None
-    if len(out) != 3 or min(out) < 0:
-        raise InputError(f"{what} must be 3 non-negative integers (z, y, x), got {value!r}")
-    return out  # type: ignore[return-value]
+    return as_shape3(value, what, minimum=0)  # the one shape helper (core.models.base)
 
 
 class WrappedNet(nn.Module):

@@ -36,6 +36,7 @@ from .errors import InputError
 from .jobs import CancelFn
 from .losses import scribble_loss
 from .models.feature_net import has_fixed_features
+from .precisions import TRAIN_PRECISION_CHOICES
 from .recipes import DEFAULT_CROP, DEFAULT_PRIOR_WEIGHT, DEFAULT_STEPS, PRIORS
 from .sampling import CropGeometry, ScribbleSampler
 
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 #: patches per step for a patch classifier (one output voxel each) at ``batch_size`` 4
 PATCHES_PER_CROP = 16
 #: precisions a training run accepts ("auto" = bf16 where the device runs it natively)
-TRAIN_PRECISIONS = ("auto", "bf16", "fp32")
+TRAIN_PRECISIONS = TRAIN_PRECISION_CHOICES
 
 
 @dataclass(frozen=True)

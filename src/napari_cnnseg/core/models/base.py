@@ -36,8 +36,9 @@ NORMS = ("batch", "instance", "group", "none")
 _SEARCH_LIMIT = 4096
 
 
-def as_shape3(shape: Any, what: str = "shape") -> Shape3:
-    """Coerce an int or a 3-sequence into a (z, y, x) tuple of ints, else raise InputError."""
+def as_shape3(shape: Any, what: str = "shape", *, minimum: int | None = None) -> Shape3:
+    """Coerce an int or a 3-sequence into a (z, y, x) tuple of ints, else raise InputError
+    (also when a value is below ``minimum``, if given)."""
     if isinstance(shape, int):
         shape = (shape, shape, shape)
     try:
@@ -46,6 +47,9 @@ def as_shape3(shape: Any, what: str = "shape") -> Shape3:
         raise InputError(f"{what} must be 3 integers (z, y, x), got {shape!r}") from None
     if len(out) != 3:
         raise InputError(f"{what} must be 3 integers (z, y, x), got {shape!r}")
+    if minimum is not None and min(out) < minimum:
+        kind = "non-negative" if minimum == 0 else f">= {minimum}"
+        raise InputError(f"{what} must be 3 {kind} integers (z, y, x), got {shape!r}")
     return out  # type: ignore[return-value]
 
 
