@@ -84,28 +84,7 @@ def make_phantom(
     labels = np.zeros(shape, dtype=np.uint8)
     labels[organ] = 1
     rmin = float(half.min())
-    # vessels: curved tubes crossing the organ along x or y
-    n_vessels = 5
-    t = np.linspace(-1.0, 1.0, 4 * max(shape))
-    vessel = np.zeros(shape, dtype=bool)
-    tube_r = max(0.08 * rmin, 0.75 * float(sp.max()), 1.5 * float(sp.min()))
-    for _ in range(n_vessels):
-        amp = rng.uniform(0.1, 0.35, size=2) * rmin
-        freq, phase = rng.uniform(1.0, 2.5, size=2), rng.uniform(0, 2 * np.pi, size=2)
-        off = rng.uniform(-0.4, 0.4, size=2) * half[:2]
-        pz = off[0] + amp[0] * np.sin(freq[0] * np.pi * t + phase[0])
-        pa = off[1] + amp[1] * np.sin(freq[1] * np.pi * t + phase[1])
-        pb = t * half[2]
-        pts = np.stack([pz, pa, pb], axis=1)
-        if rng.random() < 0.5:  # run along y instead of x
-            pts = pts[:, [0, 2, 1]]
-        idx = np.round((pts + half) / sp - 0.5).astype(int)
-        keep = np.all((idx >= 0) & (idx < np.asarray(shape)), axis=1)
-        seeds = np.zeros(shape, dtype=bool)
-        seeds[tuple(idx[keep].T)] = True
-        from scipy.ndimage import distance_transform_edt
-
-        vessel |= distance_transform_edt(~seeds, sampling=sp) < tube_r
+    vessel = _vessels(rng, shape, sp, rmin)
     labels[vessel & organ] = 2
     # lesions: a few balls well inside the organ
     inner = (z / radii[0]) ** 2 + (y / radii[1]) ** 2 + (x / radii[2]) ** 2 < 0.45
@@ -156,3 +135,31 @@ def load_brain_t1() -> tuple[Volume, Volume]:
     mask.metadata.update(name="brain_mask", class_names=list(BRAIN_CLASSES),
                          licence="Apache-2.0 (ITK example data)")
     return image, mask
+
+
+def _vessels(rng: np.random.Generator, shape: tuple[int, int, int], sp: np.ndarray,
+             rmin: float) -> np.ndarray:
+    """(Z, Y, X) bool: five curved tubes crossing the phantom along x or y (physical radius)."""
+    from scipy.ndimage import distance_transform_edt
+
+    half = np.asarray(shape) * sp / 2.0
+    n_vessels = 5
+    t = np.linspace(-1.0, 1.0, 4 * max(shape))
+    vessel = np.zeros(shape, dtype=bool)
+    tube_r = max(0.08 * rmin, 0.75 * float(sp.max()), 1.5 * float(sp.min()))
+    for _ in range(n_vessels):
+        amp = rng.uniform(0.1, 0.35, size=2) * rmin
+        freq, phase = rng.uniform(1.0, 2.5, size=2), rng.uniform(0, 2 * np.pi, size=2)
+        off = rng.uniform(-0.4, 0.4, size=2) * half[:2]
+        pz = off[0] + amp[0] * np.sin(freq[0] * np.pi * t + phase[0])
+        pa = off[1] + amp[1] * np.sin(freq[1] * np.pi * t + phase[1])
+        pb = t * half[2]
+        pts = np.stack([pz, pa, pb], axis=1)
+        if rng.random() < 0.5:  # run along y instead of x
+            pts = pts[:, [0, 2, 1]]
+        idx = np.round((pts + half) / sp - 0.5).astype(int)
+        keep = np.all((idx >= 0) & (idx < np.asarray(shape)), axis=1)
+        seeds = np.zeros(shape, dtype=bool)
+        seeds[tuple(idx[keep].T)] = True
+        vessel |= distance_transform_edt(~seeds, sampling=sp) < tube_r
+    return vessel

@@ -77,21 +77,7 @@ def check_scribbles(
             "(e.g. 'Add scribbles layer') or convert them to an integer label map"
         )
     if np.issubdtype(arr.dtype, np.floating):
-        finite = np.isfinite(arr)
-        if not finite.all():
-            n = int(arr.size - np.count_nonzero(finite))
-            raise InputError(
-                f"{what} hold {n} NaN or infinite value(s); a scribble map holds whole numbers "
-                "only (0 = unpainted, k = class k-1): save it as an integer label map"
-            )
-        frac = arr != np.floor(arr)
-        if frac.any():
-            bad = np.unique(arr[frac])[:3].tolist()
-            raise InputError(
-                f"{what} hold non-integer values (e.g. {', '.join(f'{v:g}' for v in bad)}); a "
-                "scribble map holds whole numbers only (0 = unpainted, k = class k-1): save it "
-                "as an integer label map, not an interpolated or probability image"
-            )
+        _check_whole_numbers(arr, what)
     if arr.size == 0:
         raise InputError(f"{what} are empty (shape {tuple(arr.shape)}); paint on a 3D image")
     lo, hi = (float(arr.min()), float(arr.max()))
@@ -119,3 +105,22 @@ def check_scribbles(
     if arr.dtype == dtype:
         return np.ascontiguousarray(arr)
     return np.ascontiguousarray(arr.astype(dtype))
+
+
+def _check_whole_numbers(arr: np.ndarray, what: str) -> None:
+    """A float scribble map must hold finite whole numbers (no NaN/inf, no 0.5, 1.5, ...)."""
+    finite = np.isfinite(arr)
+    if not finite.all():
+        n = int(arr.size - np.count_nonzero(finite))
+        raise InputError(
+            f"{what} hold {n} NaN or infinite value(s); a scribble map holds whole numbers "
+            "only (0 = unpainted, k = class k-1): save it as an integer label map"
+        )
+    frac = arr != np.floor(arr)
+    if frac.any():
+        bad = np.unique(arr[frac])[:3].tolist()
+        raise InputError(
+            f"{what} hold non-integer values (e.g. {', '.join(f'{v:g}' for v in bad)}); a "
+            "scribble map holds whole numbers only (0 = unpainted, k = class k-1): save it "
+            "as an integer label map, not an interpolated or probability image"
+        )

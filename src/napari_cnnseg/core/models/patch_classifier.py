@@ -72,6 +72,45 @@ def valid_patch_sizes(
     ]
 
 
+def _check_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Validate :class:`PatchClassifier`'s settings (InputError naming the first bad one and,
+    for a patch size that does not fit, the nearest ones that do); returns them normalised
+    (lists, sorted ``pool_after``, float dropout)."""
+    for name in ("in_channels", "num_classes", "patch_size", "pool_size", "pool_kernel"):
+        check_int(name, cfg[name], 1)
+    widths = check_widths("widths", cfg["widths"], nonempty=True)
+    pool_after = tuple(sorted(check_int_tuple("pool_after", cfg["pool_after"])))
+    fc_widths = check_widths("fc_widths", cfg["fc_widths"])
+    check_choice("norm", cfg["norm"], NORMS)
+    dropout = check_float("dropout", cfg["dropout"], 0.0, 1.0)
+    patch_size, pool_size, pool_kernel = cfg["patch_size"], cfg["pool_size"], cfg["pool_kernel"]
+    if any(not 1 <= i <= len(widths) for i in pool_after):
+        raise InputError(
+            f"pool_after entries must be convolution indices 1..{len(widths)}, got {pool_after!r}"
+        )
+    if pool_kernel % 2 == 0 or pool_kernel < pool_size:
+        raise InputError(
+            f"pool_kernel must be odd and >= pool_size ({pool_size}) so the receptive field "
+            f"stays centred, got {pool_kernel}"
+        )
+    n = _feature_size(patch_size, len(widths), pool_after, pool_kernel, pool_size)
+    if n is None or patch_size % 2 == 0:
+        sizes = valid_patch_sizes(widths, pool_after, pool_size, pool_kernel, limit=4 * patch_size + 64)
+        near = sorted(sizes, key=lambda q: (abs(q - patch_size), q))[:2]
+        why = (
+            "it must be odd (a central voxel)" if patch_size % 2 == 0
+            else "a pooling would drop voxels or the map would vanish"
+        )
+        raise InputError(
+            f"patch_size={patch_size} does not fit {len(widths)} convolutions with pooling "
+            f"after {list(pool_after)} (kernel {pool_kernel}, stride {pool_size}): {why}; "
+            f"nearest valid patch sizes: "
+            f"{', '.join(map(str, sorted(near))) or 'none (use fewer poolings)'}"
+        )
+    return {**cfg, "widths": list(widths), "pool_after": list(pool_after),
+            "fc_widths": list(fc_widths), "dropout": dropout}
+
+
 class PatchClassifier(nn.Module):
     """Classify the central voxel of a cubic patch.
 
@@ -107,55 +146,18 @@ class PatchClassifier(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        check_int("in_channels", in_channels, 1)
-        check_int("num_classes", num_classes, 1)
-        check_int("patch_size", patch_size, 1)
-        widths = check_widths("widths", widths, nonempty=True)
-        pool_after = tuple(sorted(check_int_tuple("pool_after", pool_after)))
-        fc_widths = check_widths("fc_widths", fc_widths)
-        check_int("pool_size", pool_size, 1)
-        check_int("pool_kernel", pool_kernel, 1)
-        check_choice("norm", norm, NORMS)
-        dropout = check_float("dropout", dropout, 0.0, 1.0)
-        if any(not 1 <= i <= len(widths) for i in pool_after):
-            raise InputError(
-                f"pool_after entries must be convolution indices 1..{len(widths)}, got {pool_after!r}"
-            )
-        if pool_kernel % 2 == 0 or pool_kernel < pool_size:
-            raise InputError(
-                f"pool_kernel must be odd and >= pool_size ({pool_size}) so the receptive field "
-                f"stays centred, got {pool_kernel}"
-            )
-        n = _feature_size(patch_size, len(widths), pool_after, pool_kernel, pool_size)
-        if n is None or patch_size % 2 == 0:
-            sizes = valid_patch_sizes(widths, pool_after, pool_size, pool_kernel, limit=4 * patch_size + 64)
-            near = sorted(sizes, key=lambda q: (abs(q - patch_size), q))[:2]
-            why = (
-                "it must be odd (a central voxel)" if patch_size % 2 == 0
-                else "a pooling would drop voxels or the map would vanish"
-            )
-            raise InputError(
-                f"patch_size={patch_size} does not fit {len(widths)} convolutions with pooling "
-                f"after {list(pool_after)} (kernel {pool_kernel}, stride {pool_size}): {why}; "
-                f"nearest valid patch sizes: "
-                f"{', '.join(map(str, sorted(near))) or 'none (use fewer poolings)'}"
-            )
+        cfg = _check_config(dict(
+            in_channels=in_channels, num_classes=num_classes, patch_size=patch_size,
+            widths=widths, pool_after=pool_after, pool_size=pool_size, pool_kernel=pool_kernel,
+            fc_widths=fc_widths, norm=norm, dropout=dropout))
+        widths, pool_after, fc_widths = cfg["widths"], tuple(cfg["pool_after"]), cfg["fc_widths"]
+        dropout, n = cfg["dropout"], _feature_size(patch_size, len(widths), pool_after,
+                                                   pool_kernel, pool_size)
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.patch_size = patch_size
         self.feature_size = n
-        self._config = dict(
-            in_channels=in_channels,
-            num_classes=num_classes,
-            patch_size=patch_size,
-            widths=list(widths),
-            pool_after=list(pool_after),
-            pool_size=pool_size,
-            pool_kernel=pool_kernel,
-            fc_widths=list(fc_widths),
-            norm=norm,
-            dropout=dropout,
-        )
+        self._config = cfg
         layers: list[nn.Module] = []
         ch = in_channels
         for i, w in enumerate(widths, start=1):

@@ -83,6 +83,23 @@ class _Up(nn.Module):
         return self.conv(x)
 
 
+def _check_unet_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Validate :class:`UNet3D`'s settings (InputError naming the first bad one); returns them
+    with the dropout as a float."""
+    for name, low in (("in_channels", 1), ("num_classes", 1), ("depth", 1), ("base_width", 1),
+                      ("convs_per_level", 1), ("anisotropic_levels", 0)):
+        check_int(name, cfg[name], low)
+    check_choice("padding", cfg["padding"], PADDINGS)
+    check_choice("upsampling", cfg["upsampling"], UPSAMPLINGS)
+    check_choice("norm", cfg["norm"], NORMS)
+    if not isinstance(cfg["skips"], bool):
+        raise InputError(f"skips must be True or False, got {cfg['skips']!r}")
+    if cfg["anisotropic_levels"] > cfg["depth"]:
+        raise InputError(f"anisotropic_levels={cfg['anisotropic_levels']} exceeds "
+                         f"depth={cfg['depth']}; use 0..{cfg['depth']}")
+    return {**cfg, "dropout": check_float("dropout", cfg["dropout"], 0.0, 1.0)}
+
+
 class UNet3D(SegNet):
     """3D U-Net (Ronneberger / Cicek) or encoder-decoder with learned upsampling.
 
@@ -121,38 +138,14 @@ class UNet3D(SegNet):
         anisotropic_levels: int = 0,
     ) -> None:
         super().__init__()
-        check_int("in_channels", in_channels, 1)
-        check_int("num_classes", num_classes, 1)
-        check_int("depth", depth, 1)
-        check_int("base_width", base_width, 1)
-        check_int("convs_per_level", convs_per_level, 1)
-        check_choice("padding", padding, PADDINGS)
-        check_choice("upsampling", upsampling, UPSAMPLINGS)
-        check_choice("norm", norm, NORMS)
-        if not isinstance(skips, bool):
-            raise InputError(f"skips must be True or False, got {skips!r}")
-        dropout = check_float("dropout", dropout, 0.0, 1.0)
-        check_int("anisotropic_levels", anisotropic_levels, 0)
-        if anisotropic_levels > depth:
-            raise InputError(
-                f"anisotropic_levels={anisotropic_levels} exceeds depth={depth}; use 0..{depth}"
-            )
+        self._config = _check_unet_config(dict(
+            in_channels=in_channels, num_classes=num_classes, depth=depth, base_width=base_width,
+            convs_per_level=convs_per_level, padding=padding, upsampling=upsampling,
+            skips=skips, norm=norm, dropout=dropout, anisotropic_levels=anisotropic_levels))
+        dropout = self._config["dropout"]
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.padding = padding
-        self._config = dict(
-            in_channels=in_channels,
-            num_classes=num_classes,
-            depth=depth,
-            base_width=base_width,
-            convs_per_level=convs_per_level,
-            padding=padding,
-            upsampling=upsampling,
-            skips=skips,
-            norm=norm,
-            dropout=dropout,
-            anisotropic_levels=anisotropic_levels,
-        )
         same = padding == "same"
         # per level: kernel and pooling factor (z, y, x); the bottom level has no pooling
         self.kernels: list[Shape3] = [
