@@ -3,16 +3,20 @@
 Builds a synthetic int16 CT (default 600x512x512 = 157 M voxels, 300 MiB: air, a body
 ellipse of soft tissue, lungs, bone and noise, made slab by slab), opens it in a napari viewer,
 adds the plugin's docks the way a user does (``viewer.window.add_plugin_dock_widget``), picks a
-new small U-Net (2 classes), clicks **Segment**, paints a few strokes in the scribbles layer
+new untrained net of ``--family`` (default: the family the dock recommends for a new structure,
+``feature_net``; 2 classes), clicks **Segment**, paints a few strokes in the scribbles layer
 the Fine-tune dock adds, and runs one **Fine-tune** round (with its whole-volume refresh).
 Jobs run inline (``CNNSEG_SYNC=1``) so the timings are the work itself. Prints ONE JSON line::
 
     {"peak_rss_mb", "volume_mb", "baseline_rss_mb", "segment_seconds", "finetune_round_seconds",
-     "target_mb", "within_target", "layers": {name: dtype}, "shape", "mode", ...}
+     "target_mb", "within_target", "layers": {name: dtype}, "stages": [...], "shape", "mode", ...}
 
 ``peak_rss_mb`` is ``VmHWM`` of this process (napari and Qt included; ``baseline_rss_mb`` is
 the RSS with the viewer open before the volume exists). The target (issue 16) is
-``6 * volume_mb + 1536``.
+``6 * volume_mb + 1536``. ``stages`` gives, per step (open, segment, finetune), the RSS before,
+the peak during the step (``VmHWM`` reset through ``/proc/self/clear_refs`` at its start) and
+the RSS after. ``--patch FILE`` imports a Python file and calls its ``apply()`` first: a way to
+measure a proposed change (e.g. monkeypatches) with exactly this benchmark.
 
     xvfb-run -a -s "-screen 0 1280x1024x24" python benchmarks/bench_big_volume.py            # 600x512x512
     xvfb-run -a -s "-screen 0 1280x1024x24" python benchmarks/bench_big_volume.py --quick    # 64x128x128
@@ -43,6 +47,38 @@ def vm_mb(key: str) -> float:
     except OSError:
         pass
     return 0.0
+
+
+class Stages:
+    """Per-step memory: RSS before, peak during (``VmHWM`` reset at the start), RSS after."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+        self._start: tuple[str, float, float] | None = None
+        self.seen = 0.0  # the highest VmHWM read before a reset
+
+    def peak(self) -> float:
+        """Peak RSS of the whole run: the highest VmHWM seen, before and after every reset."""
+        return max([self.seen, vm_mb("VmHWM")] + [r["peak_mb"] for r in self.rows])
+
+    @staticmethod
+    def _reset_peak() -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+                fh.write("5")
+            return True
+        except OSError:
+            return False
+
+    def begin(self, name: str) -> None:
+        self.seen = max(self.seen, vm_mb("VmHWM"))
+        self._reset_peak()
+        self._start = (name, vm_mb("VmRSS"), time.perf_counter())
+
+    def end(self) -> None:
+        name, before, t0 = self._start  # type: ignore[misc]
+        self.rows.append({"stage": name, "rss_before_mb": round(before), "peak_mb": round(vm_mb("VmHWM")),
+                          "rss_after_mb": round(vm_mb("VmRSS")), "seconds": round(time.perf_counter() - t0, 1)})
 
 
 def synthetic_ct(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
@@ -79,7 +115,8 @@ def scribbles_for(ct: np.ndarray) -> np.ndarray:
     return scr
 
 
-def run_dock(ct: np.ndarray, steps: int, classes: list[str], device: str) -> dict:
+def run_dock(ct: np.ndarray, steps: int, classes: list[str], device: str, family: str,
+             stages: Stages) -> dict:
     os.environ["CNNSEG_SYNC"] = "1"
     import napari
 
@@ -90,47 +127,63 @@ def run_dock(ct: np.ndarray, steps: int, classes: list[str], device: str) -> dic
     _, seg = viewer.window.add_plugin_dock_widget("napari-cnnseg", "Segment")
     _, fin = viewer.window.add_plugin_dock_widget("napari-cnnseg", "Fine-tune")
     baseline = vm_mb("VmRSS")
+    stages.begin("open")
     layer = viewer.add_image(ct, name="ct")
     seg.set_image_layer(layer)
-    assert seg.choose_new("unet", classes), seg.last_error
+    assert seg.choose_new(family, classes), seg.last_error
     seg.session.predict_options["device"] = device
-    t0 = time.perf_counter()
+    stages.end()
+    stages.begin("segment")
     seg.segment()
-    segment_seconds = time.perf_counter() - t0
+    stages.end()
     if getattr(seg, "last_error", None):
         raise RuntimeError(f"Segment failed: {seg.last_error}")
     scr_layer = fin.add_scribbles_layer()
     scr_layer.data[...] = scribbles_for(ct)
-    t0 = time.perf_counter()
+    stages.begin("finetune")
     fin.finetune(steps=steps)
-    finetune_seconds = time.perf_counter() - t0
+    stages.end()
     if getattr(fin, "last_error", None):
         raise RuntimeError(f"Fine-tune failed: {fin.last_error}")
     layers = {lyr.name: str(np.asarray(lyr.data[:1, :1, :1]).dtype) for lyr in viewer.layers}
     viewer.close()
-    return {"baseline_rss_mb": baseline, "segment_seconds": segment_seconds,
-            "finetune_round_seconds": finetune_seconds, "layers": layers}
+    return {"baseline_rss_mb": baseline, "layers": layers}
 
 
-def run_session(ct: np.ndarray, steps: int, classes: list[str], device: str) -> dict:
+def run_session(ct: np.ndarray, steps: int, classes: list[str], device: str, family: str,
+                stages: Stages) -> dict:
     from napari_cnnseg._session import Session
     from napari_cnnseg.core.io import Volume
 
     baseline = vm_mb("VmRSS")
     s = Session(autosave_folder=os.environ.get("TMPDIR", "/tmp") + "/bench_big_volume_autosave")
+    stages.begin("open")
     s.set_image(Volume(ct), name="ct")
-    s.new_model("unet", classes)
+    s.new_model(family, classes)
     s.predict_options["device"] = device
-    t0 = time.perf_counter()
-    res = s.segment()
-    segment_seconds = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    stages.end()
+    stages.begin("segment")
+    s.segment()
+    stages.end()
+    stages.begin("finetune")
     s.finetune(scribbles_for(ct), steps=steps, refresh=True, device=device)
-    finetune_seconds = time.perf_counter() - t0
+    stages.end()
+    res = s.results
     layers = {"labels": str(res.labels.dtype), "probabilities": str(res.probabilities.dtype),
               "uncertainty": str(res.uncertainty.dtype)}
-    return {"baseline_rss_mb": baseline, "segment_seconds": segment_seconds,
-            "finetune_round_seconds": finetune_seconds, "layers": layers}
+    return {"baseline_rss_mb": baseline, "layers": layers}
+
+
+def apply_patch(path: str) -> None:
+    """Import the Python file ``path`` and call its ``apply()`` (a proposed change to measure)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_patch", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"--patch {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.apply()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -141,7 +194,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=20, help="training steps of the Fine-tune round")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--family", default="feature_net",
+                   help="new net's family (default feature_net, the dock's choice for a new task)")
+    p.add_argument("--patch", default=None, metavar="FILE",
+                   help="import FILE and call its apply() first (measure a proposed change)")
     args = p.parse_args(argv)
+    if args.patch:
+        apply_patch(args.patch)
     shape = (64, 128, 128) if args.quick else tuple(args.shape)
     if args.threads:
         import torch
@@ -152,14 +211,19 @@ def main(argv: list[str] | None = None) -> dict:
     make_seconds = time.perf_counter() - t0
     volume_mb = ct.nbytes / 2**20
     run = run_dock if args.mode == "dock" else run_session
-    result = run(ct, args.steps, ["background", "body"], args.device)
-    peak = vm_mb("VmHWM")
+    stages = Stages()
+    result = run(ct, args.steps, ["background", "body"], args.device, args.family, stages)
+    peak = stages.peak()
+    times = {r["stage"]: r["seconds"] for r in stages.rows}
+    result.update(segment_seconds=times.get("segment", 0.0),
+                  finetune_round_seconds=times.get("finetune", 0.0), stages=stages.rows)
     target = 6 * volume_mb + 1536
     out = {"bench": "big_volume", "mode": args.mode, "shape": list(shape), "dtype": "int16",
            "volume_mb": round(volume_mb, 1), "peak_rss_mb": round(peak, 1),
            "target_mb": round(target, 1), "within_target": bool(peak <= target),
            "peak_over_volume": round(peak / volume_mb, 2),
-           "make_volume_seconds": round(make_seconds, 2), "steps": args.steps, "device": args.device, **{
+           "make_volume_seconds": round(make_seconds, 2), "steps": args.steps, "device": args.device,
+           "family": args.family, "patch": args.patch, **{
                k: (round(v, 2) if isinstance(v, float) else v) for k, v in result.items()}}
     print(json.dumps(out), flush=True)
     return out

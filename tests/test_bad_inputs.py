@@ -131,3 +131,25 @@ def test_degenerate_images_segment_to_finite_outputs(kind, kit):
     probs = np.asarray(res.probabilities.array)
     assert np.isfinite(probs).all() and np.isfinite(np.asarray(res.uncertainty.array)).all()
     assert np.asarray(res.labels.array).shape == SHAPE
+
+
+def test_failed_segment_names_no_summary_it_removed(kit, tmp_path, capsys, caplog):
+    """Every input failed and the output folder was this run's: the folder goes, and neither
+    ``--json`` nor the log points at a summary that no longer exists."""
+    import json
+    import logging
+
+    from napari_cnnseg.cli import main
+
+    d = tmp_path / "w"
+    shutil.copytree(kit, d)
+    (d / "bad.nii.gz").write_bytes(b"not a volume")
+    out = d / "never"
+    with caplog.at_level(logging.INFO):
+        code = main(["segment", str(d / "bad.nii.gz"), "-m", str(d / "model.json"), "-o", str(out),
+                     "--json", "--device", "cpu"])
+    assert code == 2 and not out.exists()
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["summary"] is None and doc["volumes"][0]["status"] == "failed"
+    last = [r.getMessage() for r in caplog.records if "summary" in r.getMessage()][-1]
+    assert "removed" in last and "not kept" in last, last

@@ -173,6 +173,34 @@ def _api(fn: Callable[[], Any]) -> Callable[[], Any]:
     return fn
 
 
+def _dicom_absurd(d: Path, rows: int = 65535, cols: int = 65535) -> Path:
+    """A 3-slice DICOM series (SimpleITK, implicit VR little endian) whose every slice's header
+    then claims ``rows`` x ``cols`` pixels (the pixel data stays 8 x 8): ITK would allocate
+    3 x rows x cols int16 for it."""
+    import SimpleITK as sitk
+
+    folder = d / "dcm"
+    folder.mkdir()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    uid = "1.2.826.0.1.3680043.2.1125.1.43"
+    for k in range(3):
+        sl = sitk.GetImageFromArray(np.zeros((8, 8), np.int16))
+        for tag, value in (("0020|000e", uid), ("0020|000d", uid + ".1"), ("0008|0060", "CT"),
+                           ("0020|0032", f"0\\0\\{k}"), ("0020|0013", str(k)),
+                           ("0008|0018", f"{uid}.{k + 2}")):
+            sl.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"s{k}.dcm"))
+        writer.Execute(sl)
+        data = bytearray((folder / f"s{k}.dcm").read_bytes())
+        for elem, value in ((0x10, rows), (0x11, cols)):  # (0028,0010) Rows, (0028,0011) Columns
+            i = data.find(bytes([0x28, 0, elem, 0, 2, 0, 0, 0]), 132)
+            assert i > 0, "Rows/Columns element not found"
+            data[i + 8:i + 10] = value.to_bytes(2, "little")
+        (folder / f"s{k}.dcm").write_bytes(bytes(data))
+    return folder
+
+
 # ---------------------------------------------------------------- API callables
 def _read(p):
     from napari_cnnseg.core.io import read_volume
@@ -278,6 +306,12 @@ def _cases() -> list[Case]:
         env={"CNNSEG_MAX_VOLUME_BYTES": str(10**8)})
     add("read-nrrd-truncated", A, "an NRRD whose raw data is shorter than its header says",
         lambda d: _read(_nrrd_header(d, "10 10 10")), "corrupt|truncated")
+    add("read-dicom-absurd-rows", A, "a DICOM series whose slices claim 65535 x 65535 pixels",
+        lambda d: _read(_dicom_absurd(d)), r"claims shape \(3, 65535, 65535\).*exhaust memory",
+        env={"CNNSEG_MAX_VOLUME_BYTES": str(10**9)})
+    add("read-dicom-file-absurd-rows", A, "one .dcm file of that series (its series is read)",
+        lambda d: _read(_dicom_absurd(d) / "s1.dcm"), "claims shape .*exhaust memory",
+        env={"CNNSEG_MAX_VOLUME_BYTES": str(10**9)})
     add("read-nifti-absurd", A, "a NIfTI header claiming 30000^3 voxels", lambda d: _read(
         _nifti_header(d, (30000, 30000, 30000))), "claims .* voxels.*limit")
     add("read-nifti-absurd-raw", A, "an uncompressed NIfTI claiming 3000^3 voxels", lambda d: _read(
@@ -427,6 +461,9 @@ def _cases() -> list[Case]:
         (d / "g.nrrd").write_bytes(os.urandom(512)), ["info", str(d / "g.nrrd")])[1], "corrupt")
     add("info-empty-folder", I, "an empty folder", lambda d: (
         (d / "e").mkdir(), ["info", str(d / "e")])[1], "empty")
+    add("info-dicom-absurd", I, "a DICOM series folder claiming 65535 x 65535 pixels per slice",
+        lambda d: ["info", str(_dicom_absurd(d))], "exhaust memory",
+        env={"CNNSEG_MAX_VOLUME_BYTES": str(10**9)})
     add("info-2d", I, "a 2D TIFF", lambda d: ["info", str(_tiff(d, np.zeros((9, 9), np.uint8)))], "2D")
     add("info-zarr-absurd", I, "Zarr metadata claiming 10^18 voxels", lambda d: [
         "info", str(_zarr(d, (10**6,) * 3, (64,) * 3))], "limit")

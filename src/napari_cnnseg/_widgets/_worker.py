@@ -13,8 +13,11 @@ job runs inline in the calling thread and the callbacks are called directly (tes
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import platform
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +28,34 @@ logger = logging.getLogger(__name__)
 
 #: run jobs inline (no thread) when True; initialised from the environment variable CNNSEG_SYNC
 SYNC: bool = os.environ.get("CNNSEG_SYNC", "").strip() not in ("", "0", "false", "False")
+
+
+def _glibc_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim`` (None elsewhere: macOS, Windows, musl)."""
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _glibc_malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Give the heap pages freed by a job back to the system (glibc only; no-op elsewhere).
+
+    glibc keeps freed pages of its heap for reuse, and with napari's, Qt's and torch's
+    allocations interleaved it rarely can return them: resident memory of the docks climbed
+    about 13 MB per Segment + Fine-tune + Undo cycle although nothing was kept
+    (tests/test_load_gui.py). ``malloc_trim(0)`` after each job returns them.
+    """
+    if _MALLOC_TRIM is not None:
+        try:
+            _MALLOC_TRIM(0)
+        except Exception:  # noqa: BLE001 - memory hygiene only
+            logger.debug("malloc_trim failed", exc_info=True)
 
 
 class _Failure:
@@ -161,8 +192,11 @@ class Job:
             except Exception:  # noqa: BLE001
                 logger.debug("closing progress bar failed", exc_info=True)
             self._pbar = None
-        if self._on_finally is not None:
-            self._on_finally()
+        try:
+            if self._on_finally is not None:
+                self._on_finally()
+        finally:
+            release_freed_memory()
 
     def cancel(self) -> None:
         """Ask the job to stop at its next cancellation check."""

@@ -208,13 +208,26 @@ def run(args: argparse.Namespace) -> int:
                             scheduler=args.scheduler, block_shape=blocks, progress=rep.progress,
                             volume_progress=bars, on_record=rep.record)
     failed = len(result.failed)
+    removed = created and failed == len(paths)
+    if removed:  # nothing was written: the folder this run created goes, summary included
+        _remove_empty(outdir)
+        log.info(
+            "nothing was written: removed %s (this run created it), summary not kept", outdir)
     if args.json:
-        print(summary_json(result), flush=True)
+        print(_json_without_summary(summary_json(result)) if removed else summary_json(result),
+              flush=True)
     if failed and len(paths) > 1:
         print(f"cnnseg segment: {failed} of {len(paths)} input(s) failed", file=sys.stderr)
-    if created and failed == len(paths):
-        _remove_empty(outdir)
     return 2 if failed else 0
+
+
+def _json_without_summary(text: str) -> str:
+    """``--json`` output whose summary file was removed with its folder: ``"summary": null``."""
+    import json
+
+    doc = json.loads(text)
+    doc["summary"] = None
+    return json.dumps(doc, indent=1)
 
 
 def _remove_empty(outdir: Path) -> None:

@@ -160,7 +160,8 @@ def segment_volume(
         postprocess: for a two-class model, set to background the regions of the structure
             that touch none of its strokes (``core.postprocess``): those of ``strokes`` when
             given, else those the model remembers from its last fine-tuning
-            (``meta["stroke_seeds"]``). Only for labels computed here (not ``labels_out``).
+            (``meta["stroke_seeds"]``). For labels computed here or a numpy ``labels_out``
+            (in place; a lazy one, e.g. zarr, is left as predicted).
         strokes: (Z, Y, X) int scribbles on the volume's grid (0 = unpainted, k = class k-1).
         **predict_kwargs: passed to :func:`~.inference.predict` (tile_shape, overlap,
             batch_size, device, precision, normalization, progress, cancel, ...).
@@ -192,8 +193,13 @@ def segment_volume(
     probs = predict(volume.array, model, out=probabilities_out, **predict_kwargs)
     names = class_names_for(model, k)
     label_arr, unc_arr = _reduce(probs, labels_out, uncertainty_out, uncertainty)
-    if labels_out is None and postprocess:
-        label_arr = _keep_stroke_components(label_arr, model, k, strokes)
+    if postprocess and isinstance(label_arr, np.ndarray):
+        kept = _keep_stroke_components(label_arr, model, k, strokes)
+        if labels_out is None:
+            label_arr = kept
+        elif kept is not label_arr:  # a numpy labels_out is post-processed in place
+            label_arr[...] = kept
+            del kept
     labels = volume.with_array(label_arr, class_names=names)
     unc = volume.with_array(unc_arr, class_names=names) if uncertainty else None
     prob_vol = volume.with_array(probs, class_names=names) if probabilities else None

@@ -155,6 +155,7 @@ def _read_dicom(folder: Path, channel: int | None, all_channels: bool,
     if len(series) > 1:
         logger.warning("%s holds %d DICOM series; reading %s (%d slices)",
                        folder, len(series), sid, len(files[sid]))
+    _check_series_size(files[sid], folder)  # an absurd header is refused before ITK allocates
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files[sid])
     reader.MetaDataDictionaryArrayUpdateOn()
@@ -169,6 +170,29 @@ def _read_dicom(folder: Path, channel: int | None, all_channels: bool,
     vol.metadata["dicom_series"] = {"series_uid": sid, "all_series": list(series),
                                     "num_files": len(files[sid])}
     return vol
+
+
+def _check_series_size(files: tuple[str, ...], folder: Path) -> None:
+    """Refuse a DICOM series whose header claims an absurd volume, before the voxels exist.
+
+    ITK allocates the whole series from its first file's header (rows x columns x frames) times
+    the number of files, then reads the slices: a damaged or hostile header claiming 65535 x
+    65535 pixels would have it allocate tens of GB. The claim is checked against
+    ``check_claimed_size`` (at most ``MAX_VOXELS`` voxels and the memory limit) first; a file
+    whose header cannot be read is left for the reader's own error.
+    """
+    import SimpleITK as sitk
+
+    info = sitk.ImageFileReader()
+    info.SetFileName(str(files[0]))
+    try:
+        info.ReadImageInformation()
+    except RuntimeError:
+        return
+    size = [int(v) for v in info.GetSize()]  # (x, y) or (x, y, frames)
+    frames = size[2] if len(size) > 2 else 1
+    itemsize = info.GetNumberOfComponents() * _sitk_itemsize(info.GetPixelID())
+    check_claimed_size((len(files) * frames, size[1], size[0]), itemsize, folder)
 
 
 def _series_ids(folder: Path) -> tuple[str, ...]:
