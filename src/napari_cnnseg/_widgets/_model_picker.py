@@ -3,19 +3,44 @@
 A mixin of :class:`~napari_cnnseg._widgets.segment.SegmentWidget` (it uses the dock's
 ``model_combo``, class editors, ``session`` and ``ctrl``), plus the plain-words description
 shown under the picker.
+
+**One click.** Segment should work on a first click. The dock preselects a model when the
+session has none (or only one the dock itself preselected and nobody trained yet):
+
+* a bundled sample gets its matching shipped model (:data:`SAMPLE_MODELS`, recognised by the
+  source recorded in the layer's geometry metadata, never by layer name);
+* any other image gets the last model chosen by hand (a shipped name or a checkpoint file that
+  still exists, remembered in ``<data dir>/last_model.json``);
+* otherwise the description asks for a model (:data:`CHOOSE_PROMPT`) and Segment stays disabled
+  until one is chosen, so the prompt comes before the click instead of an error after it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from qtpy.QtWidgets import QFileDialog
 
+from .._napari_io import GEOMETRY_KEY
 from .._session import FAMILIES
 
 logger = logging.getLogger(__name__)
+
+#: shipped model of each bundled sample, by the source its layers record (``cnnseg_geometry``)
+SAMPLE_MODELS = {
+    "make_phantom": "phantom-unet",  # Plugins > sample > Synthetic 3D phantom
+    "KmeansTest_T1UCharRaw.nii.gz": "brain-t1-unet",  # the bundled T1 brain MRI (file name)
+}
+#: what the description says while no model is chosen (Segment is disabled until then)
+CHOOSE_PROMPT = (
+    "Choose a model above to segment: a Shipped model made for this kind of image, "
+    "Load checkpoint… for one you saved, or a New untrained network (then paint a few "
+    "strokes of each class and Fine-tune)."
+)
 
 
 def _list_pretrained() -> list[str]:
@@ -28,10 +53,55 @@ def _list_pretrained() -> list[str]:
         return []
 
 
+def sample_model(layer: Any) -> str | None:
+    """The shipped model made for ``layer`` if it is a bundled sample (and the model is
+    installed), else None. Recognised by the source recorded in the layer's metadata."""
+    geometry = ((getattr(layer, "metadata", None) or {}).get(GEOMETRY_KEY) or {})
+    source = str(geometry.get("source") or "")
+    if not source:
+        return None
+    name = SAMPLE_MODELS.get(source) or SAMPLE_MODELS.get(Path(source).name)
+    return name if name and name in _list_pretrained() else None
+
+
+def _last_model_file() -> Path:
+    from .._autosave import autosave_dir
+
+    return autosave_dir().parent / "last_model.json"
+
+
+def remember_model(kind: str, value: str) -> None:
+    """Record the model the user chose (shipped name or checkpoint path) for the next image."""
+    if kind not in ("pretrained", "checkpoint") or not value:
+        return
+    path = _last_model_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"kind": kind, "value": str(value)}))
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only data folder only costs the preselection
+        logger.warning("could not remember the last model: %s", exc)
+
+
+def last_used_model() -> tuple[str, str] | None:
+    """(kind, value) of the last model chosen by hand, if it can still be loaded."""
+    try:
+        entry = json.loads(_last_model_file().read_text())
+        kind, value = str(entry["kind"]), str(entry["value"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if kind == "pretrained" and value in _list_pretrained():
+        return kind, value
+    if kind == "checkpoint" and Path(value).exists():
+        return kind, value
+    return None
+
+
 def plain_description(session: Any) -> str:
     """The model in plain words (the technical description is the tooltip)."""
     if session.model is None:
-        return "No model chosen."
+        return CHOOSE_PROMPT
     family = FAMILIES.get(getattr(session.model, "arch_name", ""), "network")
     rounds = session.tuned_rounds
     taught = f"{rounds} round{'s' if rounds != 1 else ''} of your strokes"
@@ -128,11 +198,49 @@ class ModelPicker:
 
     def choose_pretrained(self, name: str) -> bool:
         """Use the shipped model ``name``; returns False (and notifies) on failure."""
-        return self._set_model(lambda: self.session.load_model(name), ("pretrained", name))
+        ok = self._set_model(lambda: self.session.load_model(name), ("pretrained", name))
+        if ok:
+            remember_model("pretrained", name)
+        return ok
 
     def load_checkpoint(self, path: str | Path) -> bool:
         """Use the checkpoint at ``path``; a corrupt file gives a notification, not a crash."""
-        return self._set_model(lambda: self.session.load_model(path), ("checkpoint", str(path)))
+        ok = self._set_model(lambda: self.session.load_model(path), ("checkpoint", str(path)))
+        if ok:
+            remember_model("checkpoint", str(Path(path).resolve()))
+        return ok
+
+    # ---------------------------------------------------------------- one click
+    _auto_source: str | None = None  # model_source of the model this dock preselected
+
+    def _preselected_untouched(self) -> bool:
+        s = self.session
+        return (self._auto_source is not None and s.model_source == self._auto_source
+                and s.tuned_rounds == 0 and not s.can_undo)
+
+    def preselect_model(self) -> str | None:
+        """Choose a model without a click (see the module docstring); returns what was chosen.
+
+        Only when the session has no model, or only the one this dock preselected, untouched:
+        a model the user picked or trained is never replaced.
+        """
+        s = self.session
+        if self.ctrl.busy or (s.model is not None and not self._preselected_untouched()):
+            return None
+        layer = self._selected_layer()
+        name = sample_model(layer) if layer is not None else None
+        entry = ("pretrained", name) if name else (last_used_model() if s.model is None else None)
+        if entry is None or (s.model is not None and s.model_source == entry[1]):
+            return None
+        kind, value = entry
+        if not self._set_model(lambda: s.load_model(value), entry):
+            return None
+        self._auto_source = s.model_source
+        why = "made for this sample" if name else "the last one you used"
+        shown = value if kind == "pretrained" else Path(value).name
+        self.status.setText(f"Model preselected: {shown} ({why}). Segment is ready.")
+        logger.info("preselected model %s (%s)", value, why)
+        return value
 
     def choose_new(
         self,

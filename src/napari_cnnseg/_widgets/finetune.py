@@ -8,7 +8,9 @@ time, see ``Session.finetune``) and redrawn; when training ends (or Stop is pres
 volume is. The progress bar shows the share of the time budget used, then the whole-volume
 update, and only moves forward; the status line ends with the real wall time.
 
-Scribbles (layer, class chooser, autosave) are handled by :class:`._scribbles.ScribblesMixin`.
+Scribbles (layer, class chooser, autosave) are handled by :class:`._scribbles.ScribblesMixin`,
+**Next suggestion** by :class:`._suggestions.SuggestionBox`, the **Live** toggle (training while
+you paint) by :class:`._live.LiveMixin`.
 
 Scripting / tests: :meth:`FinetuneWidget.add_scribbles_layer`, :meth:`~FinetuneWidget.finetune`,
 :meth:`~FinetuneWidget.stop`, :meth:`~FinetuneWidget.undo`, :meth:`~FinetuneWidget.save_model`.
@@ -45,8 +47,10 @@ from . import _worker
 from ._base import JobDock
 from ._layers import refresh_region, show_results
 from ._layout import button_row
-from ._model_picker import plain_description
+from ._live import LiveMixin
+from ._model_picker import plain_description, remember_model
 from ._scribbles import ScribblesMixin
+from ._suggestions import SuggestionBox
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +86,7 @@ class _Clock:
         return min(1.0, max(by_time, by_steps))
 
 
-class FinetuneWidget(ScribblesMixin, JobDock):
+class FinetuneWidget(LiveMixin, ScribblesMixin, JobDock):
     """Dock widget: scribbles layer, Fine-tune / Stop, Undo, Save model.
 
     Args:
@@ -125,6 +129,10 @@ class FinetuneWidget(ScribblesMixin, JobDock):
         self.class_combo.setToolTip(
             "class the brush paints; its colour is the class colour in the result layers")
         form.addRow("Paint class", self.class_combo)
+        root.addLayout(form)
+        self.suggestion_box = SuggestionBox(self)
+        root.addWidget(self.suggestion_box)
+        form = QFormLayout()
         self.seconds_spin = QDoubleSpinBox()
         self.seconds_spin.setRange(0.0, 3600.0)
         self.seconds_spin.setValue(20.0)
@@ -143,6 +151,7 @@ class FinetuneWidget(ScribblesMixin, JobDock):
                                    f"{REFRESH_SECONDS:g} s (2D view; at most a fifth of the time)")
         root.addWidget(self.live_check)
         self.train_btn, self.stop_btn = button_row(root, "Fine-tune", "Stop")
+        self._build_live(root)
         self.add_progress(root)
         self.undo_btn, self.save_btn = button_row(root, "Undo", "Save model…")
         self.undo_btn.setToolTip("go back to the previous model version")
@@ -164,6 +173,8 @@ class FinetuneWidget(ScribblesMixin, JobDock):
         for signal in (self.ctrl.model_changed, self.ctrl.image_changed,
                        self.ctrl.results_changed):
             self.listen(signal, self._on_state)
+        # suggestions follow every whole-volume prediction (Segment, Fine-tune, Undo, Live)
+        self.listen(self.ctrl.results_changed, self.suggestion_box.refresh)
 
     # ---------------------------------------------------------------- state sync
     def _on_state(self) -> None:
@@ -181,6 +192,7 @@ class FinetuneWidget(ScribblesMixin, JobDock):
         ready = self.session.model is not None
         self.add_btn.setEnabled(not busy)
         self.train_btn.setEnabled(ready and not busy)
+        self.live_btn.setEnabled(ready and (not busy or self.live_running))
         self.stop_btn.setEnabled(busy)
         self.undo_btn.setEnabled(ready and not busy and self.session.can_undo)
         self.save_btn.setEnabled(ready and not busy)
@@ -408,5 +420,6 @@ class FinetuneWidget(ScribblesMixin, JobDock):
         except Exception as exc:  # noqa: BLE001
             self.report(exc)
             return None
+        remember_model("checkpoint", str(Path(out).resolve()))  # the next image starts with it
         self.status.setText(f"Saved model to {out}")
         return out

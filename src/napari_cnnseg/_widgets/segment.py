@@ -74,7 +74,8 @@ class SegmentWidget(ModelPicker, JobDock):
         self._connect()
         self._refresh_image_choices()
         self._refresh_model_choices()
-        self.update_buttons()
+        self._on_model_changed()  # a reopened dock shows the session's model (or the prompt)
+        self.preselect_model()  # one click: a sample's shipped model, or the last one used
         from .apply_folder import add_apply_folder
 
         add_apply_folder(self)  # "Apply to folder…": the current model over a folder (docs/cohorts.md)
@@ -207,6 +208,8 @@ class SegmentWidget(ModelPicker, JobDock):
                 self.channel_combo.addItems(wanted)
                 self.channel_combo.blockSignals(False)
         self._bind_quietly(layer)
+        if self.model_combo.count():  # (not while the dock is still being built)
+            self.preselect_model()
 
     def _bind_quietly(self, layer: Any) -> None:
         """Share the picked image with the Fine-tune dock; problems are reported on Segment."""
@@ -286,14 +289,19 @@ class SegmentWidget(ModelPicker, JobDock):
     def _on_model_changed(self) -> None:
         self._sync_model_entry()
         self.description.setText(plain_description(self.session))
-        tip = self.session.describe_model() if self.session.model is not None else ""
+        chosen = self.session.model is not None
+        tip = self.session.describe_model() if chosen else ""
         self.description.setToolTip(tip)
+        # the prompt to choose a model stands out; a model's description is quiet grey
+        self.description.setStyleSheet("color: #a0a0a0;" if chosen else "color: #f0c040;")
         self.update_buttons()
 
     def update_buttons(self) -> None:
         """Segment / model choice / export only while no job runs; Cancel only while one does."""
         busy = self.ctrl.busy
-        self.segment_btn.setEnabled(not busy)
+        chosen = self.session.model is not None
+        self.segment_btn.setEnabled(not busy and chosen)
+        self.segment_btn.setToolTip("" if chosen else "choose a model above first")
         self.cancel_btn.setEnabled(busy)
         self.model_combo.setEnabled(not busy)
         has = self.session.results is not None
