@@ -264,11 +264,11 @@ def test_oom_on_gpu_falls_back_to_cpu(monkeypatch, rng, caplog):
     real = inference._predict_on
     tried = []
 
-    def fake_predict_on(img, model, spec, dev, *args):
-        tried.append(dev.type)
-        if dev.type != "cpu":  # simulated GPU that never has enough memory
+    def fake_predict_on(img, model, spec, attempt, *args):
+        tried.append(attempt.dev.type)
+        if attempt.dev.type != "cpu":  # simulated GPU that never has enough memory
             raise inference._TileTooLarge
-        return real(img, model, spec, dev, *args)
+        return real(img, model, spec, attempt, *args)
 
     monkeypatch.setattr(inference, "resolve_device", lambda spec: torch.device("cuda"))
     monkeypatch.setattr(inference, "_predict_on", fake_predict_on)
