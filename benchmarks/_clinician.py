@@ -22,7 +22,7 @@ k = class k-1. Shapes are (Z, Y, X).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -97,7 +97,8 @@ def initial_strokes(labels: np.ndarray, spacing: tuple[float, float, float], *,
 
 def correction_strokes(labels: np.ndarray, prediction: np.ndarray, scribbles: np.ndarray,
                        spacing: tuple[float, float, float], *, seed: int = 0,
-                       slices: Sequence[int] | None = None) -> np.ndarray:
+                       slices: Sequence[int] | Mapping[int, Sequence[int]] | None = None
+                       ) -> np.ndarray:
     """Scribbles after one more round: strokes in each class's 3 worst slices (a new array).
 
     Args:
@@ -107,8 +108,9 @@ def correction_strokes(labels: np.ndarray, prediction: np.ndarray, scribbles: np
         spacing: voxel size (z, y, x) in mm, picks the painting axis.
         seed: random seed.
         slices: slice indices along the painting axis to correct instead of each class's 3
-            worst (the user does not know where the errors are and follows these); every class
-            with errors on such a slice gets a stroke there.
+            worst (the user does not know where the errors are and follows these): every class
+            with errors on such a slice gets a stroke there; or a mapping class -> slices to
+            correct that class on (a class not in it gets none).
     """
     rng = np.random.default_rng(seed)
     axis = paint_axis(spacing)
@@ -119,8 +121,12 @@ def correction_strokes(labels: np.ndarray, prediction: np.ndarray, scribbles: np
     for c in np.unique(lab):
         err = (lab == c) & (pred != c) & (scr == 0)
         counts = err.reshape(err.shape[0], -1).sum(1)
-        order = (np.argsort(-counts, kind="stable")[:SLICES] if slices is None
-                 else [int(s) for s in slices])
+        if slices is None:
+            order = np.argsort(-counts, kind="stable")[:SLICES]
+        elif isinstance(slices, Mapping):
+            order = [int(s) for s in slices.get(int(c), [])]
+        else:
+            order = [int(s) for s in slices]
         for s in order:
             if counts[s] == 0:
                 if slices is None:

@@ -12,7 +12,10 @@ round) start from the same round-1 strokes of the simulated clinician (``_clinic
 * **oracle**: the clinician's normal protocol, strokes on each class's 3 worst slices, which
   a real user cannot know;
 * **following**: after each prediction ``core.suggest.suggest`` ranks the slices along the
-  painting axis and the clinician corrects the errors of every class on the top 3 instead.
+  painting axis and the clinician paints there instead: each class c on the top 3 slices of
+  ``suggest(per_class=True)`` for c (``--follow per-class``, the default: the oracle's
+  protocol with the model's estimate of where c is missed instead of the truth), or every
+  class on the top 3 of the combined ranking (``--follow combined``).
 
 After each prediction of both runs: ``error_recall_at_3`` = the fraction of wrongly labelled
 voxels (label map != ground truth) on the 3 top suggested slices; ``random_recall_at_3`` = the
@@ -85,6 +88,21 @@ def suggest_options(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def follow_slices(mode: str, res: Any, scribbles: np.ndarray, axis: int, chosen: list[int],
+                  options: dict[str, Any]) -> Any:
+    """Where the following user paints: the top 3 slices for every class (``combined``), or
+    each class's own top 3 (``per-class``: ``suggest(per_class=True)``, the oracle's protocol
+    with the model's estimate of the errors instead of the truth)."""
+    if mode == "combined":
+        return chosen
+    ranked = suggest(res.probabilities, scribbles=scribbles, top=TOP, axis=axis,
+                     labels=res.labels, per_class=True, **options)
+    per_class: dict[int, list[int]] = {}
+    for s in ranked:
+        per_class.setdefault(int(s.label), []).append(s.index)
+    return per_class
+
+
 def run_loop(args: argparse.Namespace, volume: Any, gt: np.ndarray, follow: bool
              ) -> dict[str, Any]:
     """One run of the product's loop; the clinician follows the suggestions when ``follow``."""
@@ -93,12 +111,11 @@ def run_loop(args: argparse.Namespace, volume: Any, gt: np.ndarray, follow: bool
     axis = clinician.paint_axis(spacing)
     options = suggest_options(args.option)
     use_argmax = options.pop("labels", None) == "argmax"
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # the same new net in both runs (warm-up done before)
     session = cnn_session(args, volume, k)
     scribbles = clinician.initial_strokes(gt, spacing, seed=args.seed)
     budget = ({"steps": args.steps_per_round} if args.steps_per_round
               else {"seconds": args.seconds_per_round})
-    warm_up_training()
     session.prepare_features()
     out: dict[str, Any] = {"dice": [], "recall": [], "random": [], "oracle": [],
                            "suggest_s": [], "train_s": [], "slices": []}
@@ -128,7 +145,8 @@ def run_loop(args: argparse.Namespace, volume: Any, gt: np.ndarray, follow: bool
         if r + 1 < args.rounds:
             scribbles = clinician.correction_strokes(
                 gt, res.labels, scribbles, spacing, seed=args.seed + 100 + r,
-                slices=chosen if follow else None)
+                slices=follow_slices(args.follow, res, scribbles, axis, chosen, options)
+                if follow else None)
     return out
 
 
@@ -143,6 +161,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seconds-per-round", type=float, default=SECONDS_PER_ROUND)
     p.add_argument("--steps-per-round", type=int, default=None,
                    help="fixed step budget per round instead of seconds")
+    p.add_argument("--follow", choices=("per-class", "combined"), default="per-class",
+                   help="the following user corrects each class on that class's top 3 "
+                        "suggestions (default, as the oracle protocol), or every class on the "
+                        "top 3 of the combined ranking")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="ranking option for core.suggest.suggest (repeatable)")
     p.add_argument("--dump", default=None, metavar="DIR",
@@ -164,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dump:
         Path(args.dump).mkdir(parents=True, exist_ok=True)
         np.savez_compressed(Path(args.dump) / "truth.npz", labels=gt)
+    warm_up_training()  # first calls draw from the torch RNG: done once here, both runs
+    cnn_session(args, volume, int(gt.max()) + 1)  # then start from the same net and strokes
     t0 = time.perf_counter()
     oracle = run_loop(args, volume, gt, follow=False)
     following = run_loop(args, volume, gt, follow=True)
@@ -181,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench": "suggest", "image": str(args.image), "shape": list(gt.shape),
         "classes": int(gt.max()) + 1, "seed": args.seed, "rounds": args.rounds,
         "synthetic_lesion": args.synthetic_lesion, "options": suggest_options(args.option),
+        "follow": args.follow,
         "error_recall_at_3": round(recall, 4), "random_recall_at_3": round(rand, 4),
         "oracle_recall_at_3": round(mean("oracle"), 4),
         "recall_over_random": round(recall / rand, 3) if rand > 0 else None,

@@ -110,6 +110,19 @@ def test_seed_scribbles_from_a_model_meta():
     assert seed_scribbles({}, (4, 8, 8)) is None
 
 
+def test_per_class_ranks_each_class_on_where_it_is_missed():
+    p = confident(k=3)
+    blur_box(p, 2, slice(0, 10), slice(0, 10), 0.45)  # class 0 shown
+    p[1, 2, :10, :10], p[2, 2, :10, :10] = 0.4, 0.15  # slice 2: class 1 probably missed
+    p[0, 8, :6, :6], p[1, 8, :6, :6], p[2, 8, :6, :6] = 0.45, 0.0, 0.55  # 8: 2 shown, 0 missed
+    ranked = suggest(p, top=1, per_class=True)
+    by_class = {s.label: s.index for s in ranked}
+    assert by_class[1] == 2 and by_class[0] == 8
+    assert ranked == sorted(ranked, key=lambda s: -s.score)
+    assert all(s.label is None for s in suggest(p, top=2))
+    assert suggest(p, top=1, per_class=True)[0].to_dict()["label"] in (0, 1)
+
+
 def test_entropy_signal():
     p = confident()
     blur_box(p, 5, slice(0, 8), slice(0, 8), 0.5)
@@ -267,3 +280,21 @@ def test_study_suggest_on_a_dump(tmp_path):
     result = study(tmp_path)
     assert set(VARIANTS) <= set(result) and result["oracle"] == 1.0
     assert result["default"] == 1.0 and result["random"] == pytest.approx(0.5)
+
+
+def test_clinician_corrects_where_told():
+    sys.path.insert(0, str(BENCH))
+    from _clinician import correction_strokes
+
+    gt = np.zeros((6, 24, 24), np.int64)
+    gt[1:5, 6:18, 6:18] = 1
+    pred = np.zeros_like(gt)  # the structure is missed on slices 1-4
+    pred[5, 2:8, 2:8] = 1  # and a false positive on slice 5
+    none = np.zeros_like(gt)
+    told = correction_strokes(gt, pred, none, (1.0, 1.0, 1.0), seed=0, slices=[2, 5])
+    assert set(np.flatnonzero(told.any(axis=(1, 2)))) == {2, 5}
+    assert (told[2] == 2).any() and (told[5] == 1).any()  # each class's errors on those slices
+    per_class = correction_strokes(gt, pred, none, (1.0, 1.0, 1.0), seed=0, slices={1: [3]})
+    assert set(np.flatnonzero(per_class.any(axis=(1, 2)))) == {3} and (per_class[3] == 2).any()
+    worst = correction_strokes(gt, pred, none, (1.0, 1.0, 1.0), seed=0)
+    assert (worst[5] == 1).any() and len(np.flatnonzero((worst == 2).any(axis=(1, 2)))) == 3

@@ -63,6 +63,8 @@ class Suggestion:
         score: expected number of wrongly labelled voxels in the slice (after the threshold
             and the painted-slice weight): higher = paint here first.
         region_score: the part of ``score`` in the region.
+        label: with ``suggest(..., per_class=True)``: the class index the region probably is
+            but is not labelled as (the class to paint there); None for the combined ranking.
     """
 
     axis: int
@@ -71,6 +73,7 @@ class Suggestion:
     bbox: tuple[int, int, int, int]
     score: float
     region_score: float = 0.0
+    label: int | None = None
 
     def describe(self, shape: tuple[int, ...]) -> str:
         """Text for the user: ``"slice 37 of 61, region around (y 120, x 88)"``.
@@ -88,7 +91,7 @@ class Suggestion:
         """JSON-able form (``cnnseg suggest --json``)."""
         return {"axis": self.axis, "index": self.index, "center": list(self.center),
                 "bbox": list(self.bbox), "score": round(float(self.score), 3),
-                "region_score": round(float(self.region_score), 3)}
+                "region_score": round(float(self.region_score), 3), "label": self.label}
 
 
 def _check(probabilities: Any, scribbles: Any, labels: Any, top: int, axis: int
@@ -225,6 +228,23 @@ def best_region(error2d: np.ndarray, threshold: float, margin: int = BOX_MARGIN
     return (int(inside[0]), int(inside[1])), bbox, float(mass[best - 1])
 
 
+def _rank(error: np.ndarray, *, axis: int, scribbles: np.ndarray | None, top: int,
+          threshold: float, painted_weight: float, label: int | None = None
+          ) -> list[Suggestion]:
+    """The ``top`` slices of an error map (Z, Y, X) along ``axis``, each with its region."""
+    scores = slice_scores(error, axis, scribbles, threshold=threshold,
+                          painted_weight=painted_weight)
+    out = []
+    for index in [int(i) for i in np.argsort(-scores, kind="stable") if scores[i] > 0][:top]:
+        plane = np.take(error, index, axis=axis).copy()
+        if scribbles is not None:
+            plane[np.take(scribbles, index, axis=axis) > 0] = 0.0
+        center, bbox, mass = best_region(plane, threshold)
+        out.append(Suggestion(axis=axis, index=index, center=center, bbox=bbox,
+                              score=float(scores[index]), region_score=mass, label=label))
+    return out
+
+
 def seed_scribbles(meta: dict | None, shape: tuple[int, int, int]) -> np.ndarray | None:
     """The strokes a fine-tuned model remembers (``meta["stroke_seeds"]``, core.postprocess) as
     a (Z, Y, X) uint8 scribble map, or None when it has none for a grid of ``shape``."""
@@ -242,7 +262,8 @@ def seed_scribbles(meta: dict | None, shape: tuple[int, int, int]) -> np.ndarray
 def suggest(probabilities: np.ndarray, *, scribbles: np.ndarray | None = None, top: int = 5,
             labels: np.ndarray | None = None, axis: int = 0, threshold: float = THRESHOLD,
             painted_weight: float = PAINTED_WEIGHT, stroke_connected: bool = True,
-            reach_threshold: float = REACH_THRESHOLD, signal: str = "error") -> list[Suggestion]:
+            reach_threshold: float = REACH_THRESHOLD, signal: str = "error",
+            per_class: bool = False) -> list[Suggestion]:
     """The ``top`` slices to paint next, best first, each with the region to look at.
 
     Args:
@@ -264,10 +285,14 @@ def suggest(probabilities: np.ndarray, *, scribbles: np.ndarray | None = None, t
         signal: per-voxel signal, ``"error"`` (:func:`error_map`, the default) or
             ``"entropy"`` (normalised entropy of the class distribution; measured worse,
             docs/guided.md).
+        per_class: rank each class c on its own: the expected number of voxels that are c
+            but labelled otherwise (``p[c]``, normalised as in :func:`error_map`); up to
+            ``top`` suggestions per class, each with its ``label``, all sorted by score.
 
     Returns:
-        Up to ``top`` :class:`Suggestion` sorted by decreasing score; slices with no error
-        above the threshold are left out (an empty list when the model is sure everywhere).
+        Up to ``top`` :class:`Suggestion` (per class with ``per_class``) sorted by decreasing
+        score; slices with no error above the threshold are left out (an empty list when the
+        model is sure everywhere).
 
     Raises:
         InputError: shapes, dtypes or values that are not probabilities / label maps, top < 1,
@@ -288,15 +313,20 @@ def suggest(probabilities: np.ndarray, *, scribbles: np.ndarray | None = None, t
         error = entropy_map(probs)
     if seen is not None:
         error[~seen] = 0.0
-    scores = slice_scores(error, axis, scr, threshold=threshold, painted_weight=painted_weight)
-    order = [int(i) for i in np.argsort(-scores, kind="stable") if scores[i] > 0][:top]
-    out = []
-    for index in order:
-        plane = np.take(error, index, axis=axis).copy()
-        if scr is not None:
-            plane[np.take(scr, index, axis=axis) > 0] = 0.0
-        center, bbox, mass = best_region(plane, threshold)
-        out.append(Suggestion(axis=axis, index=index, center=center, bbox=bbox,
-                              score=float(scores[index]), region_score=mass))
+    options = {"axis": axis, "scribbles": scr, "top": top, "threshold": threshold,
+               "painted_weight": painted_weight}
+    if not per_class:
+        out = _rank(error, **options)
+    else:
+        shown = lab if lab is not None else probs.argmax(axis=0)
+        scale = 1.0 / (1.0 - 1.0 / probs.shape[0])
+        out = []
+        for c in range(probs.shape[0]):
+            missed = np.where(shown != c, np.clip(np.asarray(probs[c], np.float32) * scale,
+                                                  0.0, 1.0), 0.0).astype(np.float32)
+            if seen is not None:
+                missed[~seen] = 0.0
+            out += _rank(missed, label=c, **options)
+        out.sort(key=lambda sug: -sug.score)
     log.debug("suggestions along axis %d: %s", axis, [(s.index, round(s.score, 1)) for s in out])
     return out
