@@ -68,8 +68,8 @@ def _blob_task(seed=0):
 def test_per_voxel_training_learns_a_blob_from_two_strokes():
     img, lab, scr = _blob_task()
     net = _net()
-    hist = finetune(net, img, scr, steps=60, **recommended_settings(True, net))
-    assert hist.steps == 60 and hist.losses[-1] < hist.losses[0]
+    hist = finetune(net, img, scr, steps=120, **recommended_settings(True, net))
+    assert hist.steps == 120 and hist.losses[-1] < hist.losses[0]
     p = predict(img, net, device="cpu")[1]
     assert ((p > 0.5) & (lab == 1)).sum() > 0.9 * (lab == 1).sum()  # the unpainted blob too
     assert p[scr == 1].mean() < 0.1 and p[scr == 2].mean() > 0.9
@@ -119,6 +119,22 @@ def test_keep_stroke_components_drops_unpainted_look_alikes():
     assert out.dtype == labels.dtype and labels[1, 13, 13] == 1  # input untouched
     with pytest.raises(InputError, match="different grids"):
         keep_stroke_components(labels, scr[:, :10])
+
+
+def test_painted_voxels_keep_their_painted_class():
+    """A stroke is a label set by hand: painted voxels show their class, and a painted
+    foreground voxel the net missed keeps its component (it touches that stroke)."""
+    labels = np.zeros((3, 12, 12), np.uint8)
+    labels[1, 2:5, 2:5] = 1
+    labels[1, 8, 8] = 1           # predicted foreground on a background stroke
+    scr = np.zeros(labels.shape, np.int64)
+    scr[1, 3, 3] = 2
+    scr[1, 8, 8] = 1              # background stroke
+    scr[1, 6, 6] = 2              # foreground stroke the net missed
+    out = keep_stroke_components(labels, scr)
+    assert out[1, 8, 8] == 0 and out[1, 6, 6] == 1 and out[1, 2, 2] == 1
+    kept = keep_stroke_components(labels, scr, honour_strokes=False)
+    assert kept[1, 6, 6] == 0 and kept[1, 2, 2] == 1
 
 
 def test_a_fine_tuned_model_remembers_its_strokes_for_segment_volume():

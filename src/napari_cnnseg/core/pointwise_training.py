@@ -35,6 +35,10 @@ DEFAULT_POINTWISE_STEPS = 400
 #: steps made even when the time budget is spent (milliseconds each on a quiet CPU): a round
 #: on a machine busy for a moment still learns something
 MIN_POINTWISE_STEPS = 40
+#: the learning rate decays linearly to this fraction of its start over a round (by steps, or
+#: by time when the time budget ends the round first): the weights a round ends with are not
+#: the noisy last iterate of a constant-rate walk
+FINAL_LR_FRACTION = 0.05
 
 
 def pointwise_loss(logits: torch.Tensor, target: torch.Tensor, prior_weight: float
@@ -94,11 +98,19 @@ def train_pointwise(model: nn.Module, features: np.ndarray, scribbles: np.ndarra
              int((scribbles > 0).sum()), len(sampler.classes), features.shape[0])
     step = 0
     model.train()
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
     while step < total:
+        elapsed = time.perf_counter() - start
         if (seconds is not None and step >= min(MIN_POINTWISE_STEPS, total)
-                and time.perf_counter() - start >= float(seconds)):
+                and elapsed >= float(seconds)):
             break
         check_cancel(cancel, "fine-tuning")
+        done = step / total
+        if seconds is not None:
+            done = max(done, min(elapsed / float(seconds), 1.0))
+        scale = 1.0 - (1.0 - FINAL_LR_FRACTION) * done
+        for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = lr * scale
         x, y = sampler.sample()
         logits = model.head_points(torch.from_numpy(x).to(device))
         loss = pointwise_loss(logits, torch.from_numpy(y).to(device), prior_weight)

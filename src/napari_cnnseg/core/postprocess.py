@@ -1,11 +1,12 @@
 """Post-processing of a label map that uses the user's strokes.
 
-:func:`keep_stroke_components`: a foreground region the user painted is what they are
-segmenting; predicted regions of the same class that touch none of its strokes are what a
-user would otherwise have to erase by hand (look-alike tissue elsewhere in the scan). For
-each foreground class that has strokes, only the 3D connected components (26-connectivity)
-of the label map that contain a stroke of that class are kept; the rest become class 0.
-Classes without strokes are left as they are.
+:func:`keep_stroke_components`: first every painted voxel takes its painted class (the user
+said what it is; a random forest, which fits its training voxels, shows the same), then a
+foreground region the user painted is what they are segmenting; predicted regions of the same
+class that touch none of its strokes are what a user would otherwise have to erase by hand
+(look-alike tissue elsewhere in the scan). For each foreground class that has strokes, only
+the 3D connected components (26-connectivity) of the label map that contain a stroke of that
+class are kept; the rest become class 0. Classes without strokes are left as they are.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ from scipy import ndimage
 from .errors import InputError
 
 
-def keep_stroke_components(labels: np.ndarray, scribbles: np.ndarray) -> np.ndarray:
+def keep_stroke_components(labels: np.ndarray, scribbles: np.ndarray, *,
+                           honour_strokes: bool = True) -> np.ndarray:
     """Label map (Z, Y, X) with the components that touch no stroke of their class removed.
 
     Args:
         labels: integer label map (Z, Y, X), class indices (0 = background).
         scribbles: integer strokes on the same grid; 0 = unlabelled, k = class k-1.
+        honour_strokes: painted voxels take their painted class first (a stroke of class
+            k-1 is a label the user set by hand).
 
     Returns:
         A new array of ``labels``' dtype.
@@ -32,6 +36,10 @@ def keep_stroke_components(labels: np.ndarray, scribbles: np.ndarray) -> np.ndar
         raise InputError(f"labels {labels.shape} and scribbles {scribbles.shape} are on "
                          "different grids; paint the scribbles on the image's grid")
     out = labels.copy()
+    if honour_strokes:
+        painted_voxels = scribbles > 0
+        out[painted_voxels] = (scribbles[painted_voxels] - 1).astype(out.dtype)
+    labels = out.copy()
     structure = np.ones((3, 3, 3), bool)
     painted = np.unique(scribbles[scribbles > 1]) - 1  # foreground classes with strokes
     for c in painted.tolist():
@@ -87,4 +95,5 @@ def apply_stroke_seeds(labels: np.ndarray, meta: dict, num_classes: int) -> np.n
         ok = ((arr >= 0) & (arr < np.array(labels.shape))).all(1)
         arr = arr[ok]
         scr[arr[:, 0], arr[:, 1], arr[:, 2]] = int(cls) + 1
-    return keep_stroke_components(labels, scr)
+    # a sample of the strokes: they only pick components, they do not relabel voxels
+    return keep_stroke_components(labels, scr, honour_strokes=False)
