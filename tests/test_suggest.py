@@ -192,6 +192,10 @@ def test_cli_prints_the_ranking(tiny, capsys):
     assert code == 0
     assert 1 <= len(out) <= 2 and out[0].startswith("1. slice ") and " of 6, region around (y " \
         in out[0]
+    assert main(["suggest", str(img), "-m", str(model), "--per-class", "--device", "cpu", "-q"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines and all(" paint background: slice " in x or " paint thing: slice " in x
+                         for x in lines)
 
 
 def test_cli_json_parses_and_matches_the_engine(tiny, capsys, tmp_path):

@@ -15,7 +15,9 @@ With ``--scribbles`` (the strokes painted so far, 0 = unpainted, k = class k-1, 
 grid) painted voxels count for nothing, slices that carry strokes are down-weighted, and a
 two-class label map keeps only the regions that touch a stroke (what the dock shows); without
 it, the strokes a fine-tuned checkpoint remembers (``stroke_seeds`` in its metadata) stand in.
-``--json`` prints one JSON document instead. Progress of the prediction goes to stderr.
+``--per-class`` ranks each class on where it is probably missed and names the class to paint
+on each line. ``--json`` prints one JSON document instead. Progress of the prediction goes to
+stderr.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=5, help="how many suggestions (default 5)")
     p.add_argument("--scribbles", "-s", default=None, metavar="S",
                    help="strokes painted so far, on the image grid (0 = unpainted, k = class k-1)")
+    p.add_argument("--per-class", action="store_true",
+                   help="rank each class on where it is probably missed (up to --top per "
+                        "class), each line naming the class to paint")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--channel", type=int, default=None, help="channel of a multi-channel image")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
@@ -71,11 +76,15 @@ def _read_scribbles(path: str, image, num_classes: int):
                            what=f"scribbles {Path(path).name}").astype(np.int64)
 
 
-def format_line(rank: int, suggestion, shape) -> str:
-    """One plain line of the ranking."""
+def format_line(rank: int, suggestion, shape, class_names=()) -> str:
+    """One plain line of the ranking (``paint <class>`` first with a per-class ranking)."""
     b = suggestion.bbox
     names = [n for i, n in enumerate("zyx") if i != suggestion.axis]
-    return (f"{rank}. {suggestion.describe(shape)}   box {names[0]} {b[0]}-{b[1]} "
+    what = ""
+    if suggestion.label is not None:
+        c = suggestion.label
+        what = f"paint {class_names[c] if c < len(class_names) else f'class {c}'}: "
+    return (f"{rank}. {what}{suggestion.describe(shape)}   box {names[0]} {b[0]}-{b[1]} "
             f"{names[1]} {b[2]}-{b[3]}   score {suggestion.score:.1f}")
 
 
@@ -112,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
                                             scribbles)
     if scribbles is None:  # the strokes a fine-tuned model remembers: what the dock knew
         scribbles = seed_scribbles(getattr(model, "meta", None), labels.shape)
-    ranked = suggest(probs, scribbles=scribbles, top=args.top, labels=labels)
+    ranked = suggest(probs, scribbles=scribbles, top=args.top, labels=labels,
+                     per_class=args.per_class)
     shape = tuple(int(s) for s in probs.shape[1:])
     if args.json:
         doc = {"image": str(args.image), "model": str(args.model), "shape": list(shape),
@@ -124,5 +134,5 @@ def run(args: argparse.Namespace) -> int:
         print("no suggestion: the model is confident on every voxel", flush=True)
     else:
         for i, s in enumerate(ranked, start=1):
-            print(format_line(i, s, shape), flush=True)
+            print(format_line(i, s, shape, result.class_names), flush=True)
     return 0
