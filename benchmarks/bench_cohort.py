@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from _common import describe_device, emit, peak_rss_mb
 
-from napari_cnnseg.core.cohort import CohortOptions, segment_cohort
+from napari_cnnseg.core.cohort import CohortEngine, CohortOptions, segment_cohort
 from napari_cnnseg.core.io import Volume, read_volume, write_volume
 from napari_cnnseg.core.models import build_model
 
@@ -105,9 +105,10 @@ def cohort_part(work: Path, net, shape, workers: int) -> dict:
     t0 = time.perf_counter()
     with open_client(workers=workers) as client:
         startup = time.perf_counter() - t0
-        segment_cohort(paths[:workers], net, work / "warm_dask", OPTS, client=client)
+        segment_cohort(paths[:workers], net, work / "warm_dask", OPTS,
+                       engine=CohortEngine(client=client))
         w0, c0, t0 = client.run(time.process_time), time.process_time(), time.perf_counter()
-        dask = segment_cohort(paths, net, work / "dask", OPTS, client=client)
+        dask = segment_cohort(paths, net, work / "dask", OPTS, engine=CohortEngine(client=client))
         dask_s = time.perf_counter() - t0
         w1 = client.run(time.process_time)
         dask_cpu = time.process_time() - c0 + sum(w1[k] - w0[k] for k in w1 if k in w0)

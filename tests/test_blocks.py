@@ -80,16 +80,17 @@ def test_blocks_here_equal_the_engine(source, tmp_path, padding):
 
 
 def test_blocks_on_workers_equal_the_engine(client, source, tmp_path):
-    from napari_cnnseg.core.cohort import segment_cohort
+    from napari_cnnseg.core.cohort import CohortEngine, segment_cohort
 
     net = _net("same")
     opts = CohortOptions(**{**OPTS.__dict__, "tile_shape": (16, 16, 16)})
-    res = segment_cohort([source], net, tmp_path, opts, client=client, block_shape=BLOCK)
+    engine = CohortEngine(client=client, block_shape=BLOCK)
+    res = segment_cohort([source], net, tmp_path, opts, engine=engine)
     assert [r["status"] for r in res.records] == ["done"]
     _check(tmp_path, _engine(source, net, (16, 16, 16)))
     hidden = [p.name for p in tmp_path.iterdir() if p.name.startswith(".") and p.name != ".cnnseg"]
     assert hidden == []  # temporary stores committed
-    again = segment_cohort([source], net, tmp_path, opts, client=client, block_shape=BLOCK)
+    again = segment_cohort([source], net, tmp_path, opts, engine=engine)
     assert [r["status"] for r in again.records] == ["skipped"]
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from napari_cnnseg.cli import main
 from napari_cnnseg.core.cohort import (
+    CohortEngine,
     CohortOptions,
     class_volumes_ml,
     expand_inputs,
@@ -115,8 +116,8 @@ def test_dask_cohort_equals_single_process(client, cohort, tmp_path_factory):
     ref_out, ref = _ref(cohort, tmp_path_factory)
     out = tmp_path_factory.mktemp("dask")
     seen = []
-    res = segment_cohort(cohort["scans"], load_model(cohort["model"]), out, OPTS, client=client,
-                         progress=lambda d, t: seen.append((d, t)))
+    res = segment_cohort(cohort["scans"], load_model(cohort["model"]), out, OPTS,
+                         engine=CohortEngine(client=client), progress=lambda d, t: seen.append((d, t)))
     assert [r["status"] for r in res.records] == [r["status"] for r in ref.records]
     assert seen[-1] == (7, 7)
     hosts = {r["pid"] for r in res.records if r["status"] == "done"}
@@ -124,14 +125,16 @@ def test_dask_cohort_equals_single_process(client, cohort, tmp_path_factory):
     _assert_same_outputs(out, ref_out)
     # resume: everything complete is skipped, nothing is rewritten
     stamp = (out / "v0_labels.nii.gz").stat().st_mtime_ns
-    again = segment_cohort(cohort["scans"], load_model(cohort["model"]), out, OPTS, client=client)
+    again = segment_cohort(cohort["scans"], load_model(cohort["model"]), out, OPTS,
+                           engine=CohortEngine(client=client))
     status = sorted(r["status"] for r in again.records)
     assert status == ["failed"] + ["skipped"] * 6
     assert (out / "v0_labels.nii.gz").stat().st_mtime_ns == stamp
     assert again.records[1]["volume_ml"] == res.records[1]["volume_ml"]
     # a missing output, another model or --overwrite redo the volume
     (out / "v1_uncertainty.nrrd").unlink()
-    third = segment_cohort(cohort["scans"], load_model(cohort["model"]), out, OPTS, client=client)
+    third = segment_cohort(cohort["scans"], load_model(cohort["model"]), out, OPTS,
+                           engine=CohortEngine(client=client))
     assert {os.path.basename(r["input"]): r["status"] for r in third.records}["v1.nrrd"] == "done"
     _assert_same_outputs(out, ref_out)
 
@@ -174,8 +177,8 @@ def test_worker_lost_mid_run_still_completes_every_volume(client, cohort, tmp_pa
     client.wait_for_workers(2, timeout=180)
     out = tmp_path_factory.mktemp(f"lost_{how}")
     hook, fired = _kill_one_worker_after_first(client, how)
-    res = segment_cohort(cohort["scans"], load_model(cohort["model"]), out, OPTS, client=client,
-                         on_record=hook)
+    res = segment_cohort(cohort["scans"], load_model(cohort["model"]), out, OPTS,
+                         engine=CohortEngine(client=client), on_record=hook)
     assert fired.is_set()
     status = {os.path.basename(r["input"]): r["status"] for r in res.records}
     # a volume finished just before its future was cancelled by the restart is complete:
@@ -199,7 +202,7 @@ def test_missing_distributed_says_what_to_install(monkeypatch, cohort, tmp_path)
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(InputError, match=r"pip install napari-cnnseg\[distributed\]"):
         segment_cohort(cohort["scans"] / "v0.nii.gz", load_model(cohort["model"]), tmp_path, OPTS,
-                       workers=2)
+                       engine=CohortEngine(workers=2))
 
 
 def test_cancel_stops_a_single_process_cohort(cohort, tmp_path):

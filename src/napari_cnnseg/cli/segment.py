@@ -180,6 +180,7 @@ class _Reporter:
 def run(args: argparse.Namespace) -> int:
     """Segment every input; returns 0 when all succeeded, 2 when some failed."""
     from ..core.cohort import (
+        CohortEngine,
         check_distinct_outputs,
         expand_inputs,
         prepare_outdir,
@@ -204,8 +205,8 @@ def run(args: argparse.Namespace) -> int:
             return None
         return ProgressBar(name, unit="tiles" if blocks is None else "blocks")
 
-    result = segment_cohort(paths, model, outdir, options, workers=args.workers,
-                            scheduler=args.scheduler, block_shape=blocks, progress=rep.progress,
+    engine = CohortEngine(workers=args.workers, scheduler=args.scheduler, block_shape=blocks)
+    result = segment_cohort(paths, model, outdir, options, engine=engine, progress=rep.progress,
                             volume_progress=bars, on_record=rep.record)
     failed = len(result.failed)
     removed = created and failed == len(paths)

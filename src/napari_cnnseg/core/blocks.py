@@ -219,25 +219,25 @@ def _run_blocks(boxes: list[Box], model: Any, image: Any, stores: dict, kwargs: 
 
 
 def run_cohort_in_blocks(paths: Sequence[Path], model: Any, outdir: Path, options: Any,
-                         fingerprint: str, block_shape: Sequence[int] | None, *,
-                         client: Any = None, workers: int | None = None,
-                         scheduler: str | None = None,
+                         fingerprint: str, engine: Any, *,
                          on_record: Callable[[dict], None] | None = None,
                          volume_progress: Callable[[str], ProgressFn | None] | None = None,
                          cancel: CancelFn | None = None) -> list[dict]:
     """:func:`segment_blocks` for each volume in turn (blocks in parallel); one record each,
-    complete volumes skipped unless ``options.overwrite``, a failed one reported alone."""
+    complete volumes skipped unless ``options.overwrite``, a failed one reported alone.
+    ``engine``: a ``cohort.CohortEngine`` (blocks of ``engine.block_shape``, ``()`` = default;
+    on dask workers when it names them)."""
     from .cohort import completed_record, failed_record
     from .errors import Cancelled
 
     records: list[dict] = []
-    on_dask = client is not None or bool(workers) or bool(scheduler)
+    block_shape = engine.block_shape or None
     with contextlib.ExitStack() as stack:
         c, key = None, None
-        if on_dask:
+        if engine.on_dask:
             from .distributed import model_on_workers, open_client
 
-            c = stack.enter_context(open_client(workers, scheduler, client))
+            c = stack.enter_context(open_client(engine.workers, engine.scheduler, engine.client))
             key = stack.enter_context(model_on_workers(c, model))
         for path in paths:
             rec = None if options.overwrite else completed_record(path, outdir, options, fingerprint)

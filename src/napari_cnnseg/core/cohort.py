@@ -13,7 +13,7 @@ tile) and returns one record per volume, also written to ``OUTDIR/summary.csv``:
 Every output file is written atomically; the record ``OUTDIR/.cnnseg/<stem>.json`` is written
 last, so a volume is complete exactly when its record is there, names the same model
 (weights fingerprint) and options, and its outputs exist. A re-run skips complete volumes
-(``overwrite=True`` redoes them). With ``workers=N`` / ``scheduler=ADDRESS`` / ``client=``
+(``overwrite=True`` redoes them). With ``CohortEngine(workers=N | scheduler=ADDRESS | client=)``
 the volumes run as one dask task each (:mod:`~napari_cnnseg.core.distributed`).
 """
 
@@ -83,6 +83,31 @@ class CohortOptions:
     def output_key(self) -> dict[str, Any]:
         """The options that change the outputs (a record must match them to be skipped)."""
         return {k: v for k, v in asdict(self).items() if k not in ("overwrite", "device", "batch_size")}
+
+
+@dataclass(frozen=True)
+class CohortEngine:
+    """Where a cohort runs. Default: here, one volume after another.
+
+    Attributes:
+        workers: run on a new ``LocalCluster`` of this many worker processes here (threads
+            per worker so that workers x threads = cores).
+        scheduler: address of a running dask scheduler (``tcp://host:8786``).
+        client: an existing ``distributed.Client`` (wins over workers / scheduler).
+        block_shape: block mode (:mod:`~.blocks`): each (Zarr) volume in turn is cut into
+            blocks of (Z, Y, X) voxels run in parallel, written into Zarr outputs; ``()``
+            for the default 128^3.
+    """
+
+    workers: int | None = None
+    scheduler: str | None = None
+    client: Any = None
+    block_shape: Sequence[int] | None = None
+
+    @property
+    def on_dask(self) -> bool:
+        """True when the volumes (or blocks) run on dask workers."""
+        return self.client is not None or bool(self.workers) or bool(self.scheduler)
 
 
 @dataclass
@@ -336,10 +361,7 @@ def segment_cohort(
     outdir: str | os.PathLike,
     options: CohortOptions | None = None,
     *,
-    workers: int | None = None,
-    scheduler: str | None = None,
-    client: Any = None,
-    block_shape: Sequence[int] | None = None,
+    engine: CohortEngine | None = None,
     progress: ProgressFn | None = None,
     volume_progress: Callable[[str], ProgressFn | None] | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
@@ -351,14 +373,8 @@ def segment_cohort(
         inputs: files, globs, folders, ``.txt`` / ``.csv`` lists (see :func:`expand_inputs`).
         model: a network of ``core.models`` (sent once to each dask worker).
         outdir: output folder (created if missing).
-        options: outputs and engine settings (:class:`CohortOptions`; None = defaults).
-        workers: run on a new ``LocalCluster`` of this many worker processes here (threads
-            per worker so that workers x threads = cores).
-        scheduler: address of a running dask scheduler (``tcp://host:8786``).
-        client: an existing ``distributed.Client`` (wins over workers / scheduler).
-        block_shape: block mode (:mod:`~.blocks`): each (Zarr) volume in turn is cut into
-            blocks of (Z, Y, X) voxels run in parallel, written into Zarr outputs; ``()``
-            for the default 128^3.
+        options: outputs and prediction settings (:class:`CohortOptions`; None = defaults).
+        engine: where it runs (:class:`CohortEngine`: here, dask workers, blocks; None = here).
         progress: ``progress(volumes_done, volumes_total)``.
         volume_progress: ``volume_progress(name)`` gives the ``progress(done, total)`` of one
             volume's tiles (here) or blocks (block mode).
@@ -369,6 +385,7 @@ def segment_cohort(
         :class:`CohortResult` (records in input order, ``summary_path``).
     """
     options = options or CohortOptions()
+    engine = engine or CohortEngine()
     paths = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
     if not paths:
         raise InputError("no input volume given")
@@ -385,19 +402,17 @@ def segment_cohort(
             on_record(rec)
         report(progress, done, len(paths))
 
-    if block_shape is not None:
+    if engine.block_shape is not None:
         from .blocks import run_cohort_in_blocks
 
-        records = run_cohort_in_blocks(paths, model, out, options, fingerprint, block_shape or None,
-                                       client=client, workers=workers, scheduler=scheduler,
+        records = run_cohort_in_blocks(paths, model, out, options, fingerprint, engine,
                                        on_record=finished, volume_progress=volume_progress,
                                        cancel=cancel)
-    elif client is not None or workers or scheduler:
+    elif engine.on_dask:
         from .distributed import run_cohort_on_dask
 
-        records = run_cohort_on_dask(paths, model, out, options, fingerprint, client=client,
-                                     workers=workers, scheduler=scheduler, on_record=finished,
-                                     cancel=cancel)
+        records = run_cohort_on_dask(paths, model, out, options, fingerprint, engine,
+                                     on_record=finished, cancel=cancel)
     else:
         records = []
         for path in paths:

@@ -227,17 +227,17 @@ def run_tasks(client: Any, fn: Callable, items: Sequence[Any], args: tuple, *,
 
 
 def run_cohort_on_dask(paths: Sequence[Path], model: Any, outdir: Path, options: Any,
-                       fingerprint: str, *, client: Any = None, workers: int | None = None,
-                       scheduler: str | None = None,
+                       fingerprint: str, engine: Any, *,
                        on_record: Callable[[dict], None] | None = None,
                        cancel: CancelFn | None = None) -> list[dict]:
-    """One dask task per volume (see :func:`~.cohort.segment_cohort`); records in input order."""
+    """One dask task per volume (see :func:`~.cohort.segment_cohort`); records in input order.
+    ``engine``: a ``cohort.CohortEngine`` naming the workers, scheduler or client."""
     from .cohort import failed_record
 
     def record(i: int, res: Any) -> dict:
         return res if isinstance(res, dict) else failed_record(paths[i], res)
 
-    with open_client(workers, scheduler, client) as c, model_on_workers(c, model) as key:
+    with open_client(engine.workers, engine.scheduler, engine.client) as c, model_on_workers(c, model) as key:
         res = run_tasks(c, _cohort_task, [str(p) for p in paths],
                         (key, str(outdir), options, fingerprint),
                         on_result=lambda i, r: on_record and on_record(record(i, r)),
