@@ -81,3 +81,17 @@ def test_live_training_refuses_bad_strokes_and_stops_on_cancel(live_session):
         live.train(steps=5, cancel=stop.is_set)
     live.stop()
     assert s.tuned_rounds == 1
+
+
+def test_live_chunks_keep_the_learning_rate(tmp_path):
+    image, labels = make_phantom(shape=(12, 28, 28), spacing=(2.0, 0.5, 0.5), seed=1)
+    s = Session(autosave_folder=tmp_path)
+    s.set_image(image, name="phantom")
+    s.new_model("feature_net", CLASSES, **TINY["feature_net"])
+    live = s.start_live(_strokes(labels.array, (3,)), lr=1e-3)
+    for _ in range(3):  # a chunk may decay the lr within itself, never across chunks
+        live.train(steps=4)
+        assert live.trainer.opt.param_groups[0]["lr"] > 0.5 * 1e-3 * 0.05
+    live.train(steps=0)
+    assert live.trainer.opt.param_groups[0]["lr"] == pytest.approx(1e-3)
+    live.stop()

@@ -425,6 +425,8 @@ class PointwiseTrainer:
         history = FinetuneHistory() if history is None else history
         seed = self.cfg.seed + 104729 * self.chunks  # new voxels each chunk, still seeded
         self.chunks += 1
+        for group in self.opt.param_groups:  # each chunk starts from the run's lr (the
+            group["lr"] = self.cfg.lr        # per-voxel steps decay it within a chunk)
         train_pointwise(self.model, self.features, self.scribbles, steps=int(steps),
                         seconds=None, start=time.perf_counter(),
                         prior_weight=self.cfg.prior_weight, seed=seed, device=self.dev,
