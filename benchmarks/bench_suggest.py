@@ -206,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         "classes": int(gt.max()) + 1, "seed": args.seed, "rounds": args.rounds,
         "synthetic_lesion": args.synthetic_lesion, "options": suggest_options(args.option),
         "follow": args.follow,
+        "budget": (f"{args.steps_per_round} steps" if args.steps_per_round
+                   else f"{args.seconds_per_round:g} s"),
         "error_recall_at_3": round(recall, 4), "random_recall_at_3": round(rand, 4),
         "oracle_recall_at_3": round(mean("oracle"), 4),
         "recall_over_random": round(recall / rand, 3) if rand > 0 else None,

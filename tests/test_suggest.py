@@ -257,6 +257,7 @@ def test_bench_suggest_quick(tmp_path):
     img = write_volume(tmp_path / "image.mha", image)
     lab = write_volume(tmp_path / "labels.mha", labels)
     r = run_bench("bench_suggest.py", "--image", str(img), "--labels", str(lab), "--quick")
+    assert r["budget"] == "2 steps"
     check_numbers(r, ["error_recall_at_3", "random_recall_at_3", "oracle_recall_at_3",
                       "dice_following_suggestions", "dice_oracle", "dice_ratio",
                       "suggest_seconds", "round_seconds", "peak_rss_mb"])
