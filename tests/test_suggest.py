@@ -259,7 +259,7 @@ def test_bench_suggest_quick(tmp_path):
     r = run_bench("bench_suggest.py", "--image", str(img), "--labels", str(lab), "--quick")
     assert r["budget"] == "2 steps"
     check_numbers(r, ["error_recall_at_3", "random_recall_at_3", "oracle_recall_at_3",
-                      "dice_following_suggestions", "dice_oracle", "dice_ratio",
+                      "dice_following_suggestions", "dice_oracle", "dice_ratio", "dice_mean_ratio",
                       "suggest_seconds", "round_seconds", "peak_rss_mb"])
     assert r["quick"] is True and r["rounds"] == 2
     assert 0 <= r["random_recall_at_3"] <= r["oracle_recall_at_3"] <= 1
