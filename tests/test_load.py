@@ -92,3 +92,27 @@ def test_undo_stack_is_bounded(tmp_path):
     while s.undo():
         undone += 1
     assert undone == 3
+
+
+def test_whole_volume_results_are_compact_and_reused_in_place():
+    """A session's result maps are float16 (half of float32; steps <= 2^-11, far below 8-bit
+    display) and a new whole-volume prediction can write into the arrays the layers already
+    show instead of allocating a second set (``Results.for_prediction``)."""
+    from napari_cnnseg._results import RESULT_DTYPE, Results
+
+    shape = (4, 6, 5)
+    res = Results.empty(shape, 3)
+    assert res.probabilities.dtype == RESULT_DTYPE == np.float16
+    assert res.uncertainty.dtype == np.float16 and res.labels.dtype == np.uint8
+    res.weights_step = 7
+    again = Results.for_prediction(res, shape, 3)
+    assert again is res and again.weights_step == -1  # same arrays, marked stale
+    for other in (Results.for_prediction(res, (4, 6, 6), 3), Results.for_prediction(res, shape, 2),
+                  Results.for_prediction(None, shape, 3)):
+        assert other is not res and other.probabilities.dtype == np.float16
+    old = Results(np.zeros(shape, np.uint8), np.zeros((3, *shape), np.float32),
+                  np.zeros(shape, np.float32))
+    assert Results.for_prediction(old, shape, 3) is not old  # float32 maps are replaced
+    # a float32 region update lands in the float16 maps
+    res.probabilities[:, 0] = np.full((3, 6, 5), 1 / 3, np.float32)
+    assert abs(float(res.probabilities[0, 0, 0, 0]) - 1 / 3) < 2**-11

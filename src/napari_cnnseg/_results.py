@@ -12,6 +12,11 @@ from .core.pipeline import normalized_entropy  # noqa: F401  (re-exported for th
 
 Roi = tuple[slice, slice, slice]
 
+#: dtype of the probability and uncertainty maps a session keeps (and napari shows): 2 bytes
+#: a value instead of 4; values in [0, 1] keep 3 significant digits (steps of at most 2^-11),
+#: far below the 8-bit display depth (1/255), and labels come from the argmax either way
+RESULT_DTYPE = np.float16
+
 
 @dataclass
 class Results:
@@ -19,8 +24,9 @@ class Results:
 
     Attributes:
         labels: (Z, Y, X) uint8 class indices (argmax).
-        probabilities: (K, Z, Y, X) float32 in [0, 1].
-        uncertainty: (Z, Y, X) float32 normalised entropy in [0, 1].
+        probabilities: (K, Z, Y, X) floats in [0, 1] (:data:`RESULT_DTYPE` when the session
+            made them; float32 from older code paths).
+        uncertainty: (Z, Y, X) normalised entropy in [0, 1], same dtype rule.
         weights_step: model-weights counter at prediction time (see :class:`Session`).
         geometry: the labels as a ``core.io.Volume`` (spacing, origin, direction and class
             names of the image they were predicted on), or None for placeholder results.
@@ -38,8 +44,26 @@ class Results:
         from .core.pipeline import labels_dtype
 
         return cls(np.zeros(shape, dtype=labels_dtype(num_classes)),
-                   np.zeros((num_classes, *shape), dtype=np.float32),
-                   np.zeros(shape, dtype=np.float32), weights_step=-1)
+                   np.zeros((num_classes, *shape), dtype=RESULT_DTYPE),
+                   np.zeros(shape, dtype=RESULT_DTYPE), weights_step=-1)
+
+    @classmethod
+    def for_prediction(cls, old: Results | None, shape: tuple[int, int, int],
+                       num_classes: int) -> Results:
+        """Arrays to predict a whole (Z, Y, X) volume into: ``old`` itself when its arrays fit
+        (same grid, class count and dtypes; written in place, so the layers showing them need
+        no second copy of the volume's results), else new :data:`RESULT_DTYPE` ones (drop
+        ``old`` before calling, or both sets are alive at once). Marked stale
+        (``weights_step`` -1) until the caller sets the step of the new prediction."""
+        from .core.pipeline import labels_dtype
+
+        fits = (old is not None and old.labels.shape == tuple(shape)
+                and old.probabilities.shape == (num_classes, *shape)
+                and old.labels.dtype == labels_dtype(num_classes)
+                and old.probabilities.dtype == RESULT_DTYPE and old.uncertainty.dtype == RESULT_DTYPE)
+        res = old if fits else cls.empty(tuple(shape), num_classes)  # type: ignore[assignment]
+        res.weights_step = -1
+        return res  # type: ignore[return-value]
 
     def apply(self, update: RegionUpdate) -> bool:
         """Write a region prediction into these arrays in place.
