@@ -104,8 +104,11 @@ class LiveMixin:
 
         self._set_live_checked(True)
         self.status.setText("Live: preparing training… paint, it learns as you go.")
-        return self.start(work, desc="Live training", on_error=self._live_failed,
-                          on_done=lambda steps: self._live_ended(img, steps))
+        job = self.start(work, desc="Live training", on_error=self._live_failed,
+                         on_done=lambda steps: self._live_ended(img, steps))
+        if self.live_running:
+            self.progress.setRange(0, 0)  # busy bar: Live has no end to show progress to
+        return job
 
     def stop_live(self) -> None:
         """Switch Live off: the loop ends at its next check (one fine-tuning round)."""
@@ -178,6 +181,8 @@ class LiveMixin:
         self.ctrl.model_changed.emit()
 
     def _live_failed(self, exc: BaseException) -> None:
+        self.progress.setRange(0, 1)  # no busy bar left behind
+        self.progress.setValue(0)
         self._unhook_strokes()
         self.live_loop = None
         self._set_live_checked(False)

@@ -33,6 +33,8 @@ TOP = 5
 ROLE = "suggestions"
 #: outline colour of the suggested region (napari colour name or RGBA)
 EDGE_COLOR = "yellow"
+#: outline width, in voxels of the image's in-plane grid
+EDGE_WIDTH = 0.6
 
 
 def suggestions_for(session: Any, scribbles: np.ndarray | None, top: int = TOP) -> list[Any]:
@@ -75,7 +77,7 @@ def show_outline(viewer: Any, image: Any, suggestion: Any) -> Any:
     if layer is None:
         layer = unwrap(viewer.add_shapes(
             [rect], shape_type="rectangle", name=f"{image.name} suggestions",
-            edge_color=EDGE_COLOR, face_color="transparent", edge_width=1.5, opacity=1.0,
+            edge_color=EDGE_COLOR, face_color="transparent", edge_width=EDGE_WIDTH, opacity=1.0,
             metadata=role_metadata(image, ROLE), **geometry_kwargs(image)))
     else:
         layer.data = [rect]
