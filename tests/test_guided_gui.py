@@ -330,3 +330,18 @@ def test_fast_live_refresh_equals_the_session_prediction(tmp_path):
                      cancel=lambda: True)
     session.new_model("unet", list(PHANTOM_CLASSES), depth=2, base_width=4)
     assert predict_fast(session, session.slice_roi(0, 3)) is None  # other nets: the session's
+
+
+def test_closing_the_viewer_while_live_runs_ends_the_worker(live_loop, qtbot, monkeypatch,
+                                                            spied_live):
+    viewer, seg, fin, truth = live_loop
+    _paint_slice(fin.add_scribbles_layer(), truth, 5)
+    fin.live_settings = LiveSettings(rest_after_steps=10**9)  # it would train forever
+    monkeypatch.setattr(_worker, "SYNC", False)
+    job = fin.start_live()
+    assert job is not None and job.running
+    qtbot.waitUntil(lambda: bool(spied_live) and spied_live[0]["live"].steps > 0,
+                    timeout=300_000)
+    viewer.close()
+    qtbot.waitUntil(lambda: not job.running, timeout=120_000)
+    assert spied_live[0]["stopped"]  # the live session ended as a round, not abandoned

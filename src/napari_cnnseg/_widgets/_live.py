@@ -108,6 +108,8 @@ class LiveMixin:
                          on_done=lambda steps: self._live_ended(img, steps))
         if self.live_running:
             self.progress.setRange(0, 0)  # busy bar: Live has no end to show progress to
+            # a dock deleted while Live runs (viewer closed) must not leave the loop running
+            self.destroyed.connect(lambda *_: job.cancel())
         return job
 
     def stop_live(self) -> None:

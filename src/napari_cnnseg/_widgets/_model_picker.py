@@ -201,6 +201,7 @@ class ModelPicker:
         ok = self._set_model(lambda: self.session.load_model(name), ("pretrained", name))
         if ok:
             remember_model("pretrained", name)
+            self._auto_source = None  # chosen by hand: never replaced by a preselection
         return ok
 
     def load_checkpoint(self, path: str | Path) -> bool:
@@ -208,6 +209,7 @@ class ModelPicker:
         ok = self._set_model(lambda: self.session.load_model(path), ("checkpoint", str(path)))
         if ok:
             remember_model("checkpoint", str(Path(path).resolve()))
+            self._auto_source = None
         return ok
 
     # ---------------------------------------------------------------- one click
