@@ -64,7 +64,8 @@ def test_segment_every_family(phantom, tmp_path, family):
     shape = image.array.shape
     assert res.labels.shape == shape and res.labels.dtype == np.uint8
     assert res.probabilities.shape == (len(CLASSES), *shape)
-    assert np.allclose(res.probabilities.sum(0), 1.0, atol=1e-4)
+    # the session keeps its maps as float16 (_results.RESULT_DTYPE): K roundings of <= 2.5e-4
+    assert np.allclose(res.probabilities.astype(np.float32).sum(0), 1.0, atol=2e-3)
     assert np.array_equal(res.labels, res.probabilities.argmax(0))
     assert res.uncertainty.min() >= 0.0 and res.uncertainty.max() <= 1.0
     assert s.class_names == CLASSES
@@ -78,7 +79,8 @@ def test_region_equals_whole_and_applies_in_place(session):
     roi = session.slice_roi(0, 5)
     upd = session.predict_region(roi)
     assert upd.probabilities.shape == (4, 1, 28, 28)
-    np.testing.assert_allclose(upd.probabilities, res.probabilities[:, 5:6], atol=1e-5)
+    # float32 region vs the float16 whole-volume maps: within float16 rounding
+    np.testing.assert_allclose(upd.probabilities, res.probabilities[:, 5:6], atol=5e-4)
     # a region computed with newer weights is written into the same arrays
     with torch.no_grad():
         for p in session.model.parameters():
@@ -88,7 +90,8 @@ def test_region_equals_whole_and_applies_in_place(session):
     before = res.probabilities.copy()
     assert session.apply_region(upd2)
     assert id(session.results.labels) == labels_id and id(session.results.probabilities) == probs_id
-    np.testing.assert_array_equal(res.probabilities[:, :, 7:8], upd2.probabilities)
+    np.testing.assert_array_equal(res.probabilities[:, :, 7:8],
+                                  upd2.probabilities.astype(res.probabilities.dtype))
     outside = np.ones(before.shape, bool)
     outside[:, :, 7] = False
     np.testing.assert_array_equal(res.probabilities[outside], before[outside])

@@ -276,7 +276,9 @@ class Session:
         """Predict the whole volume with the current model; stores and returns the results.
 
         The one segmentation path of the CLI and the Slicer module
-        (``core.pipeline.segment_volume``). With :attr:`keep_stroke_components` on and a
+        (``core.pipeline.segment_volume``), written into the arrays of the previous results
+        when they fit (the layers showing them need no second copy; see
+        ``Results.for_prediction``). With :attr:`keep_stroke_components` on and a
         two-class model (one structure on a background), predicted regions of the structure
         that touch none of its strokes are set to background in the label map
         (``core.postprocess``): the strokes of ``scribbles`` (Z, Y, X) when given, else those
@@ -286,18 +288,24 @@ class Session:
 
         self.check_ready()
         step = self.versions.step
+        # predict into the maps the layers already show (float16, in place) when they fit;
+        # otherwise drop the old ones before the new ones are allocated. Until the prediction
+        # is complete they are marked stale (weights_step -1), also when it is cancelled.
+        old, self.results = self.results, None
+        res = self.results = Results.for_prediction(old, self.spatial_shape,
+                                                    len(self.class_names))
+        del old
         was_training = bool(getattr(self.model, "training", False))
         try:
             out = segment_volume(self.volume, self.model, progress=progress, cancel=cancel,
                                  postprocess=self.keep_stroke_components, strokes=scribbles,
-                                 **self._predict_options())
+                                 probabilities_out=res.probabilities, labels_out=res.labels,
+                                 uncertainty_out=res.uncertainty, **self._predict_options())
         finally:
             if was_training:
                 self.model.train(True)
-        results = Results(out.labels.array, out.probabilities.array, out.uncertainty.array,
-                          weights_step=step, geometry=out.labels)
-        self.results = results
-        return results
+        res.weights_step, res.geometry = step, out.labels
+        return res
 
     def ensure_results(self) -> Results:
         """Current results, or empty ones (all background, zero probabilities) to fill in live."""
