@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import emit  # noqa: E402
 
-from napari_cnnseg._session import Session  # noqa: E402
+from napari_cnnseg._session import Preview, RegionUpdate, Session  # noqa: E402
 from napari_cnnseg._widgets._live_loop import LiveLoop, LiveSettings  # noqa: E402
 from napari_cnnseg.core.sample_data import make_phantom  # noqa: E402
 from napari_cnnseg.demo import demo_strokes  # noqa: E402
@@ -141,10 +141,13 @@ def run_baseline(session: Session, first: np.ndarray, strokes: list, rounds: int
         scribbles = np.where(stroke > 0, stroke, scribbles).astype(scribbles.dtype)
         seen: list[float] = []
         t0 = time.perf_counter()
-        session.finetune(np.array(scribbles, copy=True), seconds=seconds, refresh_seconds=1.5,
-                         region=lambda z=z: session.slice_roi(0, z),
-                         on_region=lambda u, seen=seen: (session.apply_region(u),
-                                                         seen.append(time.perf_counter())))
+        def on_event(event, seen=seen) -> None:  # what the dock does with a preview
+            if isinstance(event, RegionUpdate):
+                session.apply_region(event)
+                seen.append(time.perf_counter())
+
+        session.finetune(np.array(scribbles, copy=True), seconds=seconds, on_event=on_event,
+                         preview=Preview(lambda z=z: session.slice_roi(0, z), seconds=1.5))
         to_volume.append(time.perf_counter() - t0)
         to_slice.append(seen[0] - t0 if seen else float("nan"))
 

@@ -35,7 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import emit  # noqa: E402
 
-from napari_cnnseg._session import Session, warm_up_training  # noqa: E402
+from napari_cnnseg._session import (  # noqa: E402
+    Preview,
+    RegionUpdate,
+    Session,
+    warm_up_training,
+)
 from napari_cnnseg.core.sample_data import make_phantom  # noqa: E402
 from napari_cnnseg.demo import demo_strokes  # noqa: E402
 
@@ -103,9 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         outcome = session.finetune(
             scribbles,
             **budget,
-            refresh_every=args.refresh_every,
-            region=timed_region,
-            on_region=on_region,
+            preview=Preview(timed_region, steps=args.refresh_every),
+            on_event=lambda e: on_region(e) if isinstance(e, RegionUpdate) else None,
             refresh=False,
             device=args.device,
         )

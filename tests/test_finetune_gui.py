@@ -193,7 +193,7 @@ def test_finetune_in_a_real_worker_thread_refreshes_live_then_stops(
 def test_live_refresh_is_paced_by_time_not_steps(phantom):
     """Session level (what the dock drives): a long pause gives only the first-step preview;
     a zero pause still leaves most of the time to training (cost cap)."""
-    from napari_cnnseg._session import LIVE_REFRESH_MAX_SHARE, Session
+    from napari_cnnseg._session import LIVE_REFRESH_MAX_SHARE, Preview, RegionUpdate, Session
 
     image, labels = phantom
     s = Session()
@@ -203,9 +203,11 @@ def test_live_refresh_is_paced_by_time_not_steps(phantom):
     scr[2, ::3, ::3] = labels.array[2, ::3, ::3] + 1
     roi = s.slice_roi(0, 2)
     seen = []
-    out = s.finetune(scr, steps=6, refresh_seconds=3600.0, region=lambda: roi,
-                     on_region=seen.append, refresh=False, **QUICK)
+    out = s.finetune(scr, steps=6, preview=Preview(lambda: roi, seconds=3600.0),
+                     on_event=lambda e: seen.append(e) if isinstance(e, RegionUpdate) else None,
+                     refresh=False, **QUICK)
     assert out.region_updates == 1 and len(seen) == 1 and seen[0].roi == roi
-    out = s.finetune(scr, steps=6, refresh_seconds=0.0, region=lambda: roi,
-                     on_region=seen.append, refresh=False, **QUICK)
+    out = s.finetune(scr, steps=6, preview=Preview(lambda: roi, seconds=0.0),
+                     on_event=lambda e: seen.append(e) if isinstance(e, RegionUpdate) else None,
+                     refresh=False, **QUICK)
     assert 1 <= out.region_updates <= 6 and 0 < LIVE_REFRESH_MAX_SHARE < 1

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from _configs import CLASSES, TINY
 
-from napari_cnnseg._session import Session
+from napari_cnnseg._session import Preview, RegionUpdate, Session
 from napari_cnnseg.core.sample_data import make_phantom
 
 CYCLES = 30
@@ -60,8 +60,9 @@ def test_thirty_segment_finetune_undo_cycles_do_not_leak(tmp_path):
     for cycle in range(1, CYCLES + 1):
         s.segment()
         s.autosave_scribbles(scr)
-        out = s.finetune(scr, steps=1, refresh_every=1, region=lambda: s.slice_roi(0, 6), refresh=False,
-                         on_region=s.apply_region, **FAST)
+        out = s.finetune(scr, steps=1, preview=Preview(lambda: s.slice_roi(0, 6), steps=1),
+                         refresh=False, on_event=lambda e: isinstance(e, RegionUpdate)
+                         and s.apply_region(e), **FAST)
         assert out.history.steps == 1
         assert s.undo()
         assert not s.can_undo  # Undo went back to the single starting version

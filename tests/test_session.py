@@ -10,10 +10,11 @@ import torch
 from _configs import CLASSES, TINY
 
 from napari_cnnseg._autosave import ScribbleStore, image_key
-from napari_cnnseg._session import Session, normalized_entropy
+from napari_cnnseg._session import Preview, Refreshing, RegionUpdate, Session, normalized_entropy
 from napari_cnnseg.core.errors import InputError
 from napari_cnnseg.core.io import Volume
 from napari_cnnseg.core.sample_data import make_phantom
+from napari_cnnseg.core.trainer import StepDone
 
 
 @pytest.fixture
@@ -104,22 +105,23 @@ def test_finetune_live_refresh_then_undo_restores_exact_weights(session, phantom
     _, labels = phantom
     session.segment()
     w0 = _weights(session.model)
-    seen, live_losses = [], []
+    seen, live_losses, refreshing = [], [], []
+    handlers = {StepDone: lambda e: live_losses.append(e.loss), RegionUpdate: seen.append,
+                Refreshing: refreshing.append}
     out = session.finetune(
         _scribbles_from(labels.array),
         steps=4,
-        refresh_every=2,
-        on_loss=lambda step, loss: live_losses.append(loss),
         batch_size=2,
         crop_shape=(4, 12, 12),
         keep_best=False,
-        region=lambda: session.slice_roi(0, 3),
-        on_region=seen.append,
+        preview=Preview(lambda: session.slice_roi(0, 3), steps=2),
+        on_event=lambda event: handlers[type(event)](event),
     )
     assert out.region_updates == 2 and len(seen) == 2
     assert all(u.probabilities.shape == (4, 1, 28, 28) for u in seen)
     assert len(out.losses) == 4 and all(np.isfinite(out.losses))
     assert live_losses == out.losses  # the live loss the dock shows is the trainer's
+    assert refreshing and refreshing[-1].done == refreshing[-1].total  # the final refresh
     assert out.results is session.results and out.results.labels.shape == (12, 28, 28)
     w1 = _weights(session.model)
     assert any(not torch.equal(w0[k], w1[k]) for k in w0)

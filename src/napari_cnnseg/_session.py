@@ -11,8 +11,8 @@ demo and in ``benchmarks/bench_refresh.py``::
     session.set_image(volume, name="t1")
     session.load_model("brain_t1_unet")      # shipped name or checkpoint path
     results = session.segment()               # whole volume
-    session.finetune(scribbles, seconds=10, region=lambda: session.slice_roi(0, 20),
-                     on_region=print)         # live slice refreshes, then whole volume
+    session.finetune(scribbles, seconds=10,   # previews of slice 20, then the whole volume
+                     preview=Preview(lambda: session.slice_roi(0, 20)), on_event=print)
     session.undo()                            # previous weights
 
 Threading: :meth:`segment`, :meth:`predict_region` and :meth:`finetune` may run in a worker
@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +39,12 @@ from ._results import (  # noqa: F401 - re-exported: the docks and tests import 
     Roi,
     normalized_entropy,
 )
-from ._session_training import (
+from ._session_training import (  # noqa: F401 - re-exported: the docks import them from here
     LIVE_REFRESH_MAX_SHARE,
     LiveTraining,
-    _Previews,
+    Preview,
+    Refreshing,
+    SessionEventFn,
     run_finetune,
     warm_up_training,
 )
@@ -380,31 +381,26 @@ class Session:
         return self.versions.undo(self.model)
 
     # ------------------------------------------------------------- fine-tuning
-    def finetune(  # noqa: PLR0913 - the dock's callbacks; see _session_training
+    def finetune(
         self,
         scribbles: np.ndarray,
         *,
-        refresh_every: int = 5,
-        refresh_seconds: float | None = None,
-        region: Callable[[], Roi | None] | None = None,
-        on_region: Callable[[RegionUpdate], None] | None = None,
-        on_loss: Callable[[int, float], None] | None = None,
+        preview: Preview | None = None,
+        on_event: SessionEventFn | None = None,
         refresh: bool = True,
-        progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
-        refresh_progress: ProgressFn | None = None,
         **train_options: Any,
     ) -> FinetuneOutcome:
         """Fine-tune the current model on ``scribbles`` (Z, Y, X; 0 = unlabelled, k = class
-        k-1) with live region refreshes; see :func:`._session_training.run_finetune` for every
-        argument. The weights before go on the Undo stack; ``cancel()`` keeps the weights
-        reached; with ``refresh`` the whole volume is predicted afterwards into
-        :attr:`results`. ``train_options`` override the recipe (``core.recipes``).
+        k-1), previewing ``preview``'s region while it trains; see
+        :func:`._session_training.run_finetune`. The weights before go on the Undo stack;
+        ``cancel()`` keeps the weights reached; with ``refresh`` the whole volume is predicted
+        afterwards into :attr:`results`. One ``on_event`` callback receives ``StepDone``,
+        ``RegionUpdate`` and ``Refreshing`` events. ``train_options`` override the recipe
+        (``core.recipes``): steps, seconds, lr, batch_size, device, precision, ...
         """
-        previews = _Previews(self, region, on_region, refresh_every, refresh_seconds)
-        return run_finetune(self, scribbles, previews=previews, refresh=refresh,
-                            progress=progress, cancel=cancel, on_loss=on_loss,
-                            refresh_progress=refresh_progress, options=train_options)
+        return run_finetune(self, scribbles, preview=preview, on_event=on_event,
+                            refresh=refresh, cancel=cancel, options=train_options)
 
     def start_live(self, scribbles: np.ndarray, **train_options: Any) -> LiveTraining:
         """Start training that takes new strokes as they are painted (see :class:`LiveTraining`).

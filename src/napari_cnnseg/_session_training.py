@@ -19,13 +19,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._results import FinetuneOutcome, RegionUpdate, Roi
+from ._results import FinetuneOutcome, Roi
 from .core.errors import Cancelled, InputError
-from .core.jobs import CancelFn, ProgressFn
+from .core.jobs import CancelFn
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._session import Session
@@ -58,16 +59,41 @@ def training_options(session: Session, options: dict[str, Any]) -> dict[str, Any
             **recommended_settings(new, session.model), **options}
 
 
-class _Previews:
-    """Predicts the region ``region()`` returns after step 1, then every ``seconds`` (or every
-    ``every`` steps), stretched so previews take at most :data:`LIVE_REFRESH_MAX_SHARE` of
-    the time."""
+@dataclass(frozen=True)
+class Preview:
+    """What a round previews while it trains: the region ``region()`` returns (e.g. the visible
+    slice; None = nothing this time), after step 1 and then every ``seconds`` (the dock uses
+    1.5), or every ``steps`` steps when ``seconds`` is None. The pause also stretches to
+    1 / :data:`LIVE_REFRESH_MAX_SHARE` times the last preview's cost, so previews never take
+    more than that share of the training time."""
 
-    def __init__(self, session: Session, region: Callable[[], Roi | None] | None,
-                 on_region: Callable[[RegionUpdate], None] | None, every: int,
-                 seconds: float | None) -> None:
-        self.session, self.region, self.on_region = session, region, on_region
-        self.every, self.seconds = max(1, int(every)), seconds
+    region: Callable[[], Roi | None]
+    seconds: float | None = None
+    steps: int = 5
+
+
+@dataclass(frozen=True)
+class Refreshing:
+    """Progress of the whole-volume prediction that ends a round (tiles ``done`` of ``total``)."""
+
+    done: int
+    total: int
+
+
+#: what :meth:`Session.finetune` hands to its one ``on_event`` callback (training thread):
+#: ``core.trainer.StepDone`` after every step, a :class:`RegionUpdate` per preview, and
+#: :class:`Refreshing` while the whole volume is predicted at the end
+SessionEventFn = Callable[[Any], None]
+
+
+class _Previews:
+    """Runs a :class:`Preview`: predicts its region when due and hands it to ``on_event``."""
+
+    def __init__(self, session: Session, preview: Preview | None,
+                 on_event: SessionEventFn | None) -> None:
+        self.session, self.preview, self.on_event = session, preview, on_event
+        self.every = max(1, int(preview.steps)) if preview is not None else 1
+        self.seconds = preview.seconds if preview is not None else None
         self.last, self.next_at, self.count = 0, 0.0, 0
 
     def _due(self, done: int) -> bool:
@@ -78,40 +104,36 @@ class _Previews:
         return time.perf_counter() >= self.next_at
 
     def after_step(self, done: int) -> None:
-        if self.region is None or self.on_region is None or not self._due(done):
+        if self.preview is None or self.on_event is None or not self._due(done):
             return
-        roi = self.region()
+        roi = self.preview.region()
         if roi is None:
             return
         self.last = done
         t0 = time.perf_counter()
-        self.on_region(self.session.predict_region(roi))
+        self.on_event(self.session.predict_region(roi))
         self.count += 1
         now = time.perf_counter()
         self.next_at = now + max(float(self.seconds or 0.0), (now - t0) / LIVE_REFRESH_MAX_SHARE)
 
 
-def run_finetune(session: Session, scribbles: np.ndarray, *, previews: _Previews,
-                 refresh: bool, progress: ProgressFn | None, cancel: CancelFn | None,
-                 on_loss: Callable[[int, float], None] | None,
-                 refresh_progress: ProgressFn | None, options: dict[str, Any]
-                 ) -> FinetuneOutcome:
+def run_finetune(session: Session, scribbles: np.ndarray, *, preview: Preview | None,
+                 on_event: SessionEventFn | None, refresh: bool, cancel: CancelFn | None,
+                 options: dict[str, Any]) -> FinetuneOutcome:
     """One fine-tuning round of ``session.model`` (:meth:`Session.finetune`).
 
-    The weights before training are pushed on the Undo stack. After the first training step
-    and then every ``refresh_seconds`` (or every ``refresh_every`` steps; ``previews``), the
-    region returned by ``region()`` (e.g. the visible slice) is predicted with the current
-    weights and passed to ``on_region`` (training thread), so the user sees the effect of the
-    new strokes after one step. The pause between previews also stretches to
-    1 / :data:`LIVE_REFRESH_MAX_SHARE` times the last preview's cost; a time budget
-    ``seconds`` stays wall-clock time, previews included. Stopping (``cancel()`` True) keeps
-    the weights reached so far. With ``refresh`` the whole volume is predicted afterwards
-    (``refresh_progress``) and stored in the session's results.
+    The weights before training are pushed on the Undo stack. While training, ``preview``
+    (a :class:`Preview`) says which region (e.g. the visible slice) to predict with the current
+    weights and when, so the user sees the effect of the new strokes after one step. Stopping
+    (``cancel()`` True) keeps the weights reached so far. With ``refresh`` the whole volume is
+    predicted afterwards and stored in the session's results.
 
     Args:
         scribbles: (Z, Y, X) int array, 0 = unlabelled, k = class k-1.
-        progress, cancel: training progress ``(step, total)`` / stop request.
-        on_loss: receives ``(step, loss)`` after every step (training thread).
+        on_event: receives, in the training thread, ``core.trainer.StepDone`` after every step
+            (step, total, loss), each preview's :class:`RegionUpdate`, and :class:`Refreshing`
+            progress of the final whole-volume prediction.
+        cancel: stop request, polled every step.
         options: ``core.training.finetune`` settings (steps, seconds, lr, batch_size,
             crop_shape, prior_weight, keep_best, device, precision, ...) over the recipe.
     """
@@ -119,25 +141,24 @@ def run_finetune(session: Session, scribbles: np.ndarray, *, previews: _Previews
 
     options = training_options(session, options)
     scribbles = session.check_scribbles(scribbles)
+    previews = _Previews(session, preview, on_event)
     outcome = FinetuneOutcome(history=FinetuneHistory())
     session.versions.push(session.model)
     model = session.model
 
-    def on_event(event: Any) -> None:
+    def trainer_event(event: Any) -> None:
         # after every optimisation step (weights consistent)
         if not isinstance(event, StepDone):
             return
         session.versions.step += 1
         outcome.steps = event.step
-        if progress is not None:
-            progress(event.step, event.total)
-        if on_loss is not None:
-            on_loss(event.step, event.loss)
+        if on_event is not None:
+            on_event(event)
         previews.after_step(event.step)
 
     try:
         finetune(model, session.volume.array, scribbles, history=outcome.history,
-                 on_event=on_event, cancel=cancel, **options)
+                 on_event=trainer_event, cancel=cancel, **options)
     except Cancelled:
         outcome.stopped = True
         logger.info("fine-tuning stopped by the user; keeping the weights reached")
@@ -149,7 +170,11 @@ def run_finetune(session: Session, scribbles: np.ndarray, *, previews: _Previews
     outcome.losses = [float(x) for x in outcome.history.losses]
     model.eval()
     if refresh:
-        outcome.results = session.segment(progress=refresh_progress, scribbles=scribbles)
+        def refreshing(done: int, total: int) -> None:
+            if on_event is not None:
+                on_event(Refreshing(done, total))
+
+        outcome.results = session.segment(progress=refreshing, scribbles=scribbles)
     return outcome
 
 

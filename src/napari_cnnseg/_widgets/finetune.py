@@ -41,8 +41,9 @@ from qtpy.QtWidgets import (
 )
 
 from .._napari_io import default_output_path, find_layer
-from .._session import RegionUpdate, warm_up_training
+from .._session import Preview, Refreshing, RegionUpdate, warm_up_training
 from ..core.errors import Cancelled, InputError
+from ..core.trainer import StepDone
 from . import _worker
 from ._base import JobDock
 from ._layers import refresh_region, show_results
@@ -302,19 +303,22 @@ class FinetuneWidget(LiveMixin, ScribblesMixin, JobDock):
                 started.append(time.perf_counter())
                 return self.preview_roi()
 
+            def on_step(event: StepDone) -> None:
+                clock.loss = event.loss
+                ctx.progress(event.step, event.total)
+
             def on_region(update: RegionUpdate) -> None:
                 clock.preview_s += time.perf_counter() - started[-1]
                 ctx.call(self.guarded(self._show_region), img, update)
 
-            def volume_progress(done: int, total: int) -> None:
-                ctx.call(self.guarded(self._on_volume_progress), done, total)
+            def on_refresh(event: Refreshing) -> None:
+                ctx.call(self.guarded(self._on_volume_progress), event.done, event.total)
 
+            handlers = {StepDone: on_step, RegionUpdate: on_region, Refreshing: on_refresh}
+            preview = Preview(region, seconds=self.refresh_seconds) if live else None
             return session.finetune(
-                scribbles, steps=steps, seconds=seconds,
-                refresh_seconds=self.refresh_seconds,
-                region=region if live else None, on_region=on_region,
-                on_loss=lambda step, loss: setattr(clock, "loss", loss),
-                progress=ctx.progress, cancel=ctx.cancel, refresh_progress=volume_progress,
+                scribbles, steps=steps, seconds=seconds, preview=preview,
+                on_event=lambda event: handlers[type(event)](event), cancel=ctx.cancel,
                 **options,
             )
 
