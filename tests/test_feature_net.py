@@ -8,9 +8,15 @@ import pytest
 import torch
 from scipy import ndimage
 
-from napari_cnnseg.core.errors import InputError
+from napari_cnnseg.core.errors import Cancelled, InputError
 from napari_cnnseg.core.inference import predict
-from napari_cnnseg.core.models import build_model, interactive_config, load_model, save_model
+from napari_cnnseg.core.models import (
+    build_model,
+    feature_net,
+    interactive_config,
+    load_model,
+    save_model,
+)
 from napari_cnnseg.core.models.features import InputFeatures, scale_sigmas
 from napari_cnnseg.core.postprocess import keep_stroke_components
 from napari_cnnseg.core.training import finetune, recommended_settings, started_new
@@ -46,10 +52,34 @@ def test_tiled_prediction_equals_the_whole_volume_path():
         x = np.random.default_rng(0).random((9, 50, 61)).astype(np.float32)
         box = (slice(0, 9), slice(0, 50), slice(0, 61))  # an roi takes the tiled path
         whole = predict(x, net, device="cpu", precision="fp32")
+        feature_net._CACHE.clear()  # else the box is read from the cached whole-volume features
         tiled = predict(x, net, device="cpu", precision="fp32", tile_shape=(12, 45, 45), roi=box)
         assert whole.shape == (3, 9, 50, 61)
-        assert np.abs(whole - tiled).max() < 1e-5
+        # the whole-volume path of a per-voxel net keeps its features as float16 (2 bytes per
+        # value, a relative rounding of 2^-11): probabilities within 1e-4 (a tiling error
+        # moves them by 1e-2 or more) ...
+        assert np.abs(whole - tiled).max() < 1e-4
         np.testing.assert_allclose(whole.sum(0), 1.0, atol=1e-5)
+        if context == 0:  # ... and with float32 features it is the tiled net to float rounding
+            from napari_cnnseg.core.models.feature_net import predict_features, volume_features
+            from napari_cnnseg.core.normalization import DEFAULT_NORMALIZATION
+
+            f32 = volume_features(net, x, dict(DEFAULT_NORMALIZATION), dtype=np.float32)
+            assert np.abs(predict_features(net, f32) - tiled).max() < 1e-5
+
+
+def test_a_box_reads_the_cached_features_of_the_whole_volume():
+    net = _net(3, 0)
+    x = np.random.default_rng(1).random((9, 50, 61)).astype(np.float32)
+    feature_net._CACHE.clear()
+    box = (slice(4, 5), slice(3, 40), slice(0, 61))  # the visible slice, part of it
+    assert feature_net.features_if_cached(net, x, {"mode": "zscore"}) is None
+    whole = predict(x, net, device="cpu", precision="fp32")  # fills the cache
+    assert len(feature_net._CACHE) == 1
+    part = predict(x, net, device="cpu", precision="fp32", roi=box)
+    np.testing.assert_array_equal(part, whole[(slice(None), *box)])  # the same features
+    with pytest.raises(Cancelled):
+        predict(x, net, device="cpu", precision="fp32", roi=box, cancel=lambda: True)
 
 
 def _blob_task(seed=0):

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ._live_loop import SLAB, LiveEvent, LiveLoop, LiveSettings, predict_fast
+from ._live_loop import LiveEvent, LiveLoop, LiveSettings
 
-__all__ = ["SLAB", "LiveEvent", "LiveLoop", "LiveMixin", "LiveSettings", "predict_fast"]
+__all__ = ["LiveEvent", "LiveLoop", "LiveMixin", "LiveSettings"]
 
 logger = logging.getLogger(__name__)
 

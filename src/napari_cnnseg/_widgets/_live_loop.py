@@ -36,54 +36,6 @@ from ..core.errors import Cancelled
 logger = logging.getLogger(__name__)
 
 
-#: slices predicted at a time by :func:`predict_fast` (a new stroke waits at most for one slab)
-SLAB = 16
-
-
-def predict_fast(session: Any, roi: Any, *, cancel: Callable[[], bool] | None = None) -> Any:
-    """A ``RegionUpdate`` of ``roi`` read from the cached filters of a per-voxel feature net,
-    in slabs of :data:`SLAB` slices (``cancel()`` is checked between them); None for other nets.
-
-    Stopgap until ``core.inference.predict`` does it: with a roi, a per-voxel ``feature_net``
-    filters a slab around it again (the filters reach about 24 slices each way: ~12 s for one
-    slice of a 128^3 volume on a busy 2-core CPU), and the whole-volume path checks no cancel,
-    whereas ``Session.start_live`` has the whole volume's filters cached and the head on them
-    takes milliseconds per slice.
-    """
-    from ..core.models.feature_net import is_per_voxel
-
-    model, volume = session.model, session.volume
-    step = getattr(getattr(session, "versions", None), "step", None)
-    arr = getattr(volume, "array", None)
-    if step is None or not is_per_voxel(model) or not isinstance(arr, np.ndarray):
-        return None
-    from .._results import RegionUpdate
-    from ..core.devices import resolve_device
-    from ..core.models.feature_net import cached_features, predict_features
-    from ..core.normalization import DEFAULT_NORMALIZATION
-    from ..core.pipeline import labels_dtype, normalized_entropy
-
-    roi = tuple(slice(*s.indices(n)[:2]) for s, n in zip(roi, session.spatial_shape, strict=True))
-    spec = dict(session.meta.get("normalization") or DEFAULT_NORMALIZATION)
-    device = resolve_device(session.predict_options.get("device") or "auto")
-    feats = cached_features(model, arr, spec, device)
-    z0, z1 = roi[0].start, roi[0].stop
-    probs = np.empty((int(model.num_classes), z1 - z0, *(s.stop - s.start for s in roi[1:])),
-                     np.float32)
-    was_training = bool(model.training)
-    try:
-        for a in range(z0, z1, SLAB):
-            if cancel is not None and cancel():
-                raise Cancelled("live refresh interrupted")
-            b = min(z1, a + SLAB)
-            predict_features(model, feats[:, a:b, roi[1], roi[2]], probs[:, a - z0:b - z0],
-                             device)
-    finally:
-        model.train(was_training)
-    labels = np.argmax(probs, axis=0).astype(labels_dtype(probs.shape[0]))
-    return RegionUpdate(roi, labels, probs, normalized_entropy(probs), weights_step=step)
-
-
 @dataclass
 class LiveSettings:
     """Timing of the live loop (seconds are wall-clock)."""
@@ -252,8 +204,8 @@ class LiveLoop:
         if roi is None:
             return
         t0 = time.perf_counter()
-        update = (predict_fast(self.session, roi, cancel=cancel)
-                  or self.session.predict_region(roi, cancel=cancel))
+        # a per-voxel feature net reads its cached filters here (core.inference.predict)
+        update = self.session.predict_region(roi, cancel=cancel)
         now = time.perf_counter()
         s = self.settings
         self._next_slice = now + max(s.slice_seconds, (now - t0) / s.slice_share)
@@ -263,8 +215,8 @@ class LiveLoop:
     def _refresh_volume(self, cancel: Callable[[], bool]) -> bool:
         """Predict the whole volume (a new stroke interrupts it); True if it was shown.
 
-        The event's ``update`` is a ``RegionUpdate`` of the whole grid (per-voxel feature net,
-        from the cached filters, see :func:`predict_fast`) or the session's new ``Results``.
+        The event's ``update`` is the session's new ``Results`` (a per-voxel feature net reads
+        its cached filters: no filtering again).
         """
         state = (self._trained_on, self.steps)
         version = self._version
@@ -275,10 +227,7 @@ class LiveLoop:
 
         self.refreshing_volume = True
         try:
-            whole = tuple(slice(0, n) for n in self.session.spatial_shape)
-            update = predict_fast(self.session, whole, cancel=stop)
-            if update is None:
-                update = self.session.segment(scribbles=scribbles, cancel=stop)
+            update = self.session.segment(scribbles=scribbles, cancel=stop)
         except Cancelled:
             if cancel():
                 raise

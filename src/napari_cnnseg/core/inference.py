@@ -310,16 +310,20 @@ def predict(image: Any, model: nn.Module, settings: PredictSettings | None = Non
     meta = getattr(model, "meta", None) or getattr(spec.net, "meta", None) or {}
     norm = cfg.normalization or meta.get("normalization") or DEFAULT_NORMALIZATION
     dev = resolve_device(cfg.device)
-    if is_per_voxel(model) and roi is None and isinstance(image, np.ndarray):
-        # fixed filters + per-voxel head: filter the whole volume once (cached; no statistics
-        # pass when the features are there already), no tiles
-        from .models.feature_net import cached_features, predict_features
+    if is_per_voxel(model) and isinstance(image, np.ndarray):
+        # fixed filters + per-voxel head: the whole volume is filtered once (cached; no
+        # statistics pass when the features are there already), no tiles; a box (the visible
+        # slice while training) reads the cached features when they are there
+        from .models.feature_net import cached_features, features_if_cached, predict_features
 
-        feats = cached_features(model, image, norm, dev)
-        report(progress, 0, 1)
-        result = predict_features(model, feats, out, dev)
-        report(progress, 1, 1)
-        return result
+        feats = cached_features(model, image, norm, dev) if roi is None \
+            else features_if_cached(model, image, norm)
+        if feats is not None and (roi is None or isinstance(feats, np.ndarray)):
+            report(progress, 0, 1)
+            box = None if roi is None else tuple(slice(a, b) for a, b in region)
+            result = predict_features(model, feats, out, dev, roi=box, cancel=cancel)
+            report(progress, 1, 1)
+            return result
     # exact_roi: a same net's tiles (and default tile) are those of the whole image
     tile_region = tuple(img.shape[1:]) if cfg.exact_roi and spec.padding != "valid" \
         else region_shape

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .jobs import CancelFn, ProgressFn, check_cancel, report
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .trainer import FinetuneHistory, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -64,39 +67,61 @@ def pointwise_loss(logits: torch.Tensor, target: torch.Tensor, prior_weight: flo
 
 
 class PointwiseSampler:
-    """Feature vectors of painted voxels (class-balanced) and of random voxels, per step."""
+    """Feature vectors of painted voxels (class-balanced) and of random voxels, per step.
 
-    def __init__(self, features: np.ndarray, scribbles: np.ndarray, seed: int) -> None:
-        self.flat = features.reshape(features.shape[0], -1)
+    ``features``: float (F, Z, Y, X) (float16 is read as float32), or a
+    ``feature_net.PooledFeatures`` of a big volume (random voxels come from its pool, the
+    painted ones are computed by the slabs holding them)."""
+
+    def __init__(self, features: Any, scribbles: np.ndarray, seed: int) -> None:
         self.labels = scribbles.reshape(-1)
         idx = np.flatnonzero(self.labels)
         values = self.labels[idx]
         self.classes = [int(c) for c in np.unique(values)]
-        self.coords = {c: idx[values == c] for c in self.classes}
         self.rng = np.random.default_rng(seed)
+        self.pooled = not isinstance(features, np.ndarray)
+        if self.pooled:
+            self.pool, self.pool_idx = features.ensure_pool(), features.pool_idx
+            self.painted, self.painted_labels = features.at(idx), values
+            self.rows = {c: np.flatnonzero(values == c) for c in self.classes}
+        else:
+            self.flat = features.reshape(features.shape[0], -1)
+            self.coords = {c: idx[values == c] for c in self.classes}
 
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
         """(N, F) float32 features and (N,) int64 targets (0 = unpainted)."""
+        if self.pooled:
+            rows = np.concatenate([self.rng.choice(self.rows[c], PAINTED_PER_CLASS)
+                                   for c in self.classes])
+            rand = self.rng.integers(0, len(self.pool_idx), RANDOM_PER_STEP)
+            x = np.concatenate([self.painted[rows], self.pool[rand]])
+            y = np.concatenate([self.painted_labels[rows], self.labels[self.pool_idx[rand]]])
+            return x, y.astype(np.int64)
         picks = [self.rng.choice(self.coords[c], PAINTED_PER_CLASS) for c in self.classes]
         picks.append(self.rng.integers(0, self.labels.size, RANDOM_PER_STEP))
         idx = np.concatenate(picks)
-        return np.ascontiguousarray(self.flat[:, idx].T), self.labels[idx].astype(np.int64)
+        return (np.ascontiguousarray(self.flat[:, idx].T, dtype=np.float32),
+                self.labels[idx].astype(np.int64))
 
 
-def train_pointwise(model: nn.Module, features: np.ndarray, scribbles: np.ndarray, *,
-                    steps: int | None, seconds: float | None, start: float,
-                    prior_weight: float, seed: int, device: torch.device, optimizer: Any,
-                    progress: Any = None, cancel: Any = None, history: Any = None) -> int:
+def train_pointwise(model: nn.Module, features: Any, scribbles: np.ndarray,
+                    cfg: TrainConfig, *, start: float, device: torch.device, optimizer: Any,
+                    progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+                    history: FinetuneHistory | None = None) -> int:
     """Train ``model.head_points`` on sampled voxels; returns the number of steps done.
 
-    ``steps`` None = :data:`DEFAULT_POINTWISE_STEPS`; ``seconds`` (counted from ``start``, a
-    ``time.perf_counter()`` value) stops earlier, but not before :data:`MIN_POINTWISE_STEPS`. ``optimizer`` is built by the caller over the
-    trainable parameters; ``history`` (a ``FinetuneHistory``) gets losses and times.
+    From ``cfg`` (a ``core.trainer.TrainConfig``): ``steps`` (None =
+    :data:`DEFAULT_POINTWISE_STEPS`), ``seconds`` (counted from ``start``, a
+    ``time.perf_counter()`` value; stops earlier, but not before :data:`MIN_POINTWISE_STEPS`),
+    ``prior_weight`` and ``seed``. The lr of ``optimizer`` (built by the caller over the
+    trainable parameters) decays linearly to :data:`FINAL_LR_FRACTION` of its value over the
+    run. ``history`` gets losses and times.
     """
-    sampler = PointwiseSampler(features, scribbles, seed)
+    sampler = PointwiseSampler(features, scribbles, cfg.seed)
+    steps, seconds = cfg.steps, cfg.seconds
     total = int(steps) if steps is not None else DEFAULT_POINTWISE_STEPS
-    log.info("per-voxel training: %d painted voxels, %d classes, %d features",
-             int((scribbles > 0).sum()), len(sampler.classes), features.shape[0])
+    log.debug("per-voxel training: %d painted voxels, %d classes, %d features",
+              int((scribbles > 0).sum()), len(sampler.classes), features.shape[0])
     step = 0
     model.train()
     base_lrs = [group["lr"] for group in optimizer.param_groups]
@@ -114,7 +139,7 @@ def train_pointwise(model: nn.Module, features: np.ndarray, scribbles: np.ndarra
             group["lr"] = lr * scale
         x, y = sampler.sample()
         logits = model.head_points(torch.from_numpy(x).to(device))
-        loss = pointwise_loss(logits, torch.from_numpy(y).to(device), prior_weight)
+        loss = pointwise_loss(logits, torch.from_numpy(y).to(device), cfg.prior_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -128,30 +153,28 @@ def train_pointwise(model: nn.Module, features: np.ndarray, scribbles: np.ndarra
     return step
 
 
-def finetune_pointwise(model: nn.Module, feats: np.ndarray, scr: np.ndarray,
-                        spec: dict[str, Any], steps: int | None, seconds: float | None,
-                        start: float, *, lr: float, prior_weight: float, seed: int,
-                        dev: torch.device, weight_decay: float, progress: ProgressFn | None,
-                        cancel: CancelFn | None, history: FinetuneHistory | None
-                        ) -> FinetuneHistory:
-    """``core.training.finetune`` for a net with a per-voxel head (this module's docstring)."""
-    from .postprocess import stroke_seeds
-    from .training import FinetuneHistory, _adamw
+def finetune_pointwise(model: nn.Module, feats: Any, scr: np.ndarray, spec: dict[str, Any],
+                       cfg: TrainConfig, *, start: float, device: torch.device,
+                       progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+                       history: FinetuneHistory | None = None) -> FinetuneHistory:
+    """``core.training.finetune`` for a net with a per-voxel head (this module's docstring):
+    AdamW at ``cfg.lr`` / ``cfg.weight_decay``, :func:`train_pointwise` under the budget, then
+    the model's meta (normalisation, strokes) as every round records it."""
+    from .trainer import FinetuneHistory, adamw
+    from .training import finish_training
 
     history = FinetuneHistory() if history is None else history
-    model.to(dev)
+    model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = _adamw(params, lr=lr, weight_decay=weight_decay, device=dev)
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        torch.manual_seed(seed)
+    opt = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(cfg.seed)
         try:
-            train_pointwise(model, feats, scr, steps=steps, seconds=seconds, start=start,
-                            prior_weight=prior_weight, seed=seed, device=dev, optimizer=opt,
+            train_pointwise(model, feats, scr, cfg, start=start, device=device, optimizer=opt,
                             progress=progress, cancel=cancel, history=history)
         finally:
             model.eval()
-    model.meta = {**(getattr(model, "meta", None) or {}), "normalization": spec,
-                  "stroke_seeds": stroke_seeds(scr, seed)}
+    finish_training(model, scr, spec, cfg.seed)
     log.info("fine-tuned %d steps in %.1f s, last loss %.4f", history.steps,
              time.perf_counter() - start, history.losses[-1] if history.losses else float("nan"))
     return history

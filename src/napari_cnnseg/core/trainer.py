@@ -427,10 +427,10 @@ class PointwiseTrainer:
         self.chunks += 1
         for group in self.opt.param_groups:  # each chunk starts from the run's lr (the
             group["lr"] = self.cfg.lr        # per-voxel steps decay it within a chunk)
-        train_pointwise(self.model, self.features, self.scribbles, steps=int(steps),
-                        seconds=None, start=time.perf_counter(),
-                        prior_weight=self.cfg.prior_weight, seed=seed, device=self.dev,
-                        optimizer=self.opt, cancel=cancel, history=history)
+        cfg = replace(self.cfg, steps=int(steps), seconds=None, seed=seed)
+        train_pointwise(self.model, self.features, self.scribbles, cfg,
+                        start=time.perf_counter(), device=self.dev, optimizer=self.opt,
+                        cancel=cancel, history=history)
         return history.losses[-1] if history.losses else float("nan")
 
     def close(self) -> None:

@@ -59,8 +59,6 @@ from .trainer import (  # noqa: F401 - re-exported: the run's pieces live in cor
 
 log = logging.getLogger(__name__)
 
-_adamw = adamw  # the name core.pointwise_training imports
-
 
 def _model_normalization(model: nn.Module) -> dict[str, Any]:
     meta = getattr(model, "meta", None) or {}
@@ -230,11 +228,9 @@ def finetune(model: nn.Module, image: Any, scribbles: Any, config: TrainConfig |
     if isinstance(trainer, PointwiseTrainer):
         from .pointwise_training import finetune_pointwise
 
-        return finetune_pointwise(model, trainer.features, scr, spec, cfg.steps, cfg.seconds,
-                                  start, lr=cfg.lr, prior_weight=cfg.prior_weight,
-                                  seed=cfg.seed, dev=trainer.dev,
-                                  weight_decay=cfg.weight_decay, progress=step_done,
-                                  cancel=cancel, history=history)
+        return finetune_pointwise(model, trainer.features, scr, spec, cfg, start=start,
+                                  device=trainer.dev, progress=step_done, cancel=cancel,
+                                  history=history)
     log.info("fine-tuning on %d painted voxels (%d classes), crops in %s out %s, bf16=%s",
              int((scr > 0).sum()), trainer.classes, trainer.geometry.in_shape,
              trainer.geometry.out_shape, trainer.bf16)
