@@ -87,17 +87,11 @@ class CohortOptions:
 
 @dataclass(frozen=True)
 class CohortEngine:
-    """Where a cohort runs. Default: here, one volume after another.
-
-    Attributes:
-        workers: run on a new ``LocalCluster`` of this many worker processes here (threads
-            per worker so that workers x threads = cores).
-        scheduler: address of a running dask scheduler (``tcp://host:8786``).
-        client: an existing ``distributed.Client`` (wins over workers / scheduler).
-        block_shape: block mode (:mod:`~.blocks`): each (Zarr) volume in turn is cut into
-            blocks of (Z, Y, X) voxels run in parallel, written into Zarr outputs; ``()``
-            for the default 128^3.
-    """
+    """Where a cohort runs (default: here, one volume after another): on a new ``LocalCluster``
+    of ``workers`` processes (threads per worker so that workers x threads = cores), on a
+    running ``scheduler`` (``tcp://host:8786``) or an existing ``client`` (wins over both);
+    ``block_shape``: block mode (:mod:`~.blocks`), each (Zarr) volume in turn cut into blocks
+    of (Z, Y, X) voxels run in parallel into Zarr outputs (``()`` = the default 128^3)."""
 
     workers: int | None = None
     scheduler: str | None = None

@@ -78,29 +78,7 @@ def check_scribbles(
         )
     if np.issubdtype(arr.dtype, np.floating):
         _check_whole_numbers(arr, what)
-    if arr.size == 0:
-        raise InputError(f"{what} are empty (shape {tuple(arr.shape)}); paint on a 3D image")
-    lo, hi = (float(arr.min()), float(arr.max()))
-    if lo < 0:
-        raise InputError(
-            f"{what} hold negative values (down to {lo:g}); use 0 for unpainted and k for "
-            "class k-1"
-        )
-    if num_classes is not None:
-        k = int(num_classes)
-        if hi > k:
-            raise InputError(
-                f"{what} hold values up to {hi:g} but the model has {k} classes: values must be "
-                f"0..{k} (0 = unpainted, k = class k-1); pick a model with more classes or "
-                "repaint with the model's values"
-            )
-    elif hi > np.iinfo(np.int64).max:
-        raise InputError(f"{what} hold a value too large for a label ({hi:g})")
-    if require_painted and hi == 0:
-        raise InputError(
-            f"{what} have no painted voxel; paint a few strokes of at least one class first "
-            "(value 1 = background, k = class k-1)"
-        )
+    hi = _check_range(arr, num_classes, require_painted, what)
     dtype = np.uint8 if hi < 255 else np.int64
     if arr.dtype == dtype:
         return np.ascontiguousarray(arr)
@@ -124,3 +102,32 @@ def _check_whole_numbers(arr: np.ndarray, what: str) -> None:
             "scribble map holds whole numbers only (0 = unpainted, k = class k-1): save it "
             "as an integer label map, not an interpolated or probability image"
         )
+
+
+def _check_range(arr: np.ndarray, num_classes: int | None, require_painted: bool,
+                 what: str) -> float:
+    """Values within 0..K (K = ``num_classes``), something painted; returns the largest."""
+    if arr.size == 0:
+        raise InputError(f"{what} are empty (shape {tuple(arr.shape)}); paint on a 3D image")
+    lo, hi = (float(arr.min()), float(arr.max()))
+    if lo < 0:
+        raise InputError(
+            f"{what} hold negative values (down to {lo:g}); use 0 for unpainted and k for "
+            "class k-1"
+        )
+    if num_classes is not None:
+        k = int(num_classes)
+        if hi > k:
+            raise InputError(
+                f"{what} hold values up to {hi:g} but the model has {k} classes: values must be "
+                f"0..{k} (0 = unpainted, k = class k-1); pick a model with more classes or "
+                "repaint with the model's values"
+            )
+    elif hi > np.iinfo(np.int64).max:
+        raise InputError(f"{what} hold a value too large for a label ({hi:g})")
+    if require_painted and hi == 0:
+        raise InputError(
+            f"{what} have no painted voxel; paint a few strokes of at least one class first "
+            "(value 1 = background, k = class k-1)"
+        )
+    return hi

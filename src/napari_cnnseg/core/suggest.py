@@ -26,7 +26,7 @@ all of it). Numpy and scipy only; no Qt, no napari, no torch.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -259,12 +259,44 @@ def seed_scribbles(meta: dict | None, shape: tuple[int, int, int]) -> np.ndarray
     return out if out.any() else None
 
 
+@dataclass(frozen=True)
+class Ranking:
+    """How :func:`suggest` ranks (each setting is described there)."""
+
+    axis: int = 0
+    threshold: float = THRESHOLD
+    painted_weight: float = PAINTED_WEIGHT
+    stroke_connected: bool = True
+    reach_threshold: float = REACH_THRESHOLD
+    signal: str = "error"
+    per_class: bool = False
+
+    @classmethod
+    def of(cls, ranking: Ranking | None = None, **options: Any) -> Ranking:
+        """``ranking`` (or the defaults) with ``options`` applied, validated."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise InputError(f"unknown suggestion setting(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(known))}")
+        r = replace(ranking or cls(), **options)
+        for name in ("threshold", "painted_weight", "reach_threshold"):
+            value = getattr(r, name)
+            if not (isinstance(value, (int, float)) and 0.0 <= float(value) <= 1.0):
+                raise InputError(f"{name} must be a number in [0, 1], got {value!r}")
+        if r.signal not in ("error", "entropy"):
+            raise InputError(f"signal must be 'error' or 'entropy', got {r.signal!r}")
+        return r
+
+
 def suggest(probabilities: np.ndarray, *, scribbles: np.ndarray | None = None, top: int = 5,
-            labels: np.ndarray | None = None, axis: int = 0, threshold: float = THRESHOLD,
-            painted_weight: float = PAINTED_WEIGHT, stroke_connected: bool = True,
-            reach_threshold: float = REACH_THRESHOLD, signal: str = "error",
-            per_class: bool = False) -> list[Suggestion]:
+            labels: np.ndarray | None = None, ranking: Ranking | None = None,
+            **options: Any) -> list[Suggestion]:
     """The ``top`` slices to paint next, best first, each with the region to look at.
+
+    The ranking settings are a :class:`Ranking` (``ranking``) and/or its fields as keywords
+    (``options``): axis, threshold, painted_weight, stroke_connected, reach_threshold, signal,
+    per_class.
 
     Args:
         probabilities: (K, Z, Y, X) float16/float32 softmax probabilities, K >= 2.
@@ -298,25 +330,20 @@ def suggest(probabilities: np.ndarray, *, scribbles: np.ndarray | None = None, t
         InputError: shapes, dtypes or values that are not probabilities / label maps, top < 1,
             axis not 0, 1 or 2, threshold or painted_weight outside [0, 1].
     """
-    for name, value in (("threshold", threshold), ("painted_weight", painted_weight),
-                        ("reach_threshold", reach_threshold)):
-        if not (isinstance(value, (int, float)) and 0.0 <= float(value) <= 1.0):
-            raise InputError(f"{name} must be a number in [0, 1], got {value!r}")
-    probs, scr, lab = _check(probabilities, scribbles, labels, top, axis)
-    if signal not in ("error", "entropy"):
-        raise InputError(f"signal must be 'error' or 'entropy', got {signal!r}")
+    r = Ranking.of(ranking, **options)
+    probs, scr, lab = _check(probabilities, scribbles, labels, top, r.axis)
     error = error_map(probs, lab)
     seen = None
-    if stroke_connected:
-        seen = reachable(error, probs, scr, reach_threshold)
-    if signal == "entropy":
+    if r.stroke_connected:
+        seen = reachable(error, probs, scr, r.reach_threshold)
+    if r.signal == "entropy":
         error = entropy_map(probs)
     if seen is not None:
         error[~seen] = 0.0
-    options = {"axis": axis, "scribbles": scr, "top": top, "threshold": threshold,
-               "painted_weight": painted_weight}
-    if not per_class:
-        out = _rank(error, **options)
+    rank_kw = {"axis": r.axis, "scribbles": scr, "top": top, "threshold": r.threshold,
+               "painted_weight": r.painted_weight}
+    if not r.per_class:
+        out = _rank(error, **rank_kw)
     else:
         shown = lab if lab is not None else probs.argmax(axis=0)
         scale = 1.0 / (1.0 - 1.0 / probs.shape[0])
@@ -326,7 +353,7 @@ def suggest(probabilities: np.ndarray, *, scribbles: np.ndarray | None = None, t
                                                   0.0, 1.0), 0.0).astype(np.float32)
             if seen is not None:
                 missed[~seen] = 0.0
-            out += _rank(missed, label=c, **options)
+            out += _rank(missed, label=c, **rank_kw)
         out.sort(key=lambda sug: -sug.score)
-    log.debug("suggestions along axis %d: %s", axis, [(s.index, round(s.score, 1)) for s in out])
+    log.debug("suggestions along axis %d: %s", r.axis, [(s.index, round(s.score, 1)) for s in out])
     return out
