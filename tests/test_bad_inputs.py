@@ -100,7 +100,7 @@ def test_docs_list_every_case():
     --table docs/reliability.md`` rewrites it) and the dock cases."""
     from test_bad_inputs_gui import GUI_CASES
 
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text()
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text(encoding="utf-8")
     missing = [c.id for c in CASES if f"`{c.id}`" not in doc]
     missing += [c[0] for c in GUI_CASES if f"`{c[0]}`" not in doc]
     assert not missing, f"run python tests/test_bad_inputs_cases.py --table docs/reliability.md: {missing}"

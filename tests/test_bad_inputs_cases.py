@@ -128,7 +128,7 @@ def _sidecar(d: Path, change: Callable[[dict], Any] | None = None, text: str | N
 
     stem = d / f"bad_{name}"
     shutil.copy(d / "model.safetensors", stem.with_suffix(".safetensors"))
-    doc = json.loads((d / "model.json").read_text())
+    doc = json.loads((d / "model.json").read_text(encoding="utf-8"))
     if change is not None:
         doc = change(doc) or doc
     stem.with_suffix(".json").write_text(text if text is not None else json.dumps(doc))
@@ -722,7 +722,7 @@ def main(argv: list[str]) -> int:  # pragma: no cover - documentation helper
             rows.append((case, res))
     table = markdown_table(rows)
     if len(argv) > 1 and argv[1].endswith("reliability.md"):  # rewrite the table in the docs
-        doc = Path(argv[1]).read_text()
+        doc = Path(argv[1]).read_text(encoding="utf-8")
         begin, end = "<!-- cases:begin -->", "<!-- cases:end -->"
         head, rest = doc.split(begin, 1)
         Path(argv[1]).write_text(head + begin + "\n" + table + "\n" + end + rest.split(end, 1)[1])

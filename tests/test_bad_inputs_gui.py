@@ -39,7 +39,7 @@ def _ckpt(d, change=None, text=None):
     net = build_model("unet", num_classes=4, depth=2, base_width=4)
     save_model(d / "m", net)
     if change is not None or text is not None:
-        doc = json.loads((d / "m.json").read_text())
+        doc = json.loads((d / "m.json").read_text(encoding="utf-8"))
         (d / "m.json").write_text(text if text is not None else json.dumps(change(doc)))
     return d / "m.json"
 

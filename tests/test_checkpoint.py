@@ -30,7 +30,7 @@ def test_save_writes_pair_and_describes_itself(tmp_path, small_unet):
     path = save_model(tmp_path / "liver.safetensors", small_unet, class_names=["background", "liver"],
                       normalization={"mode": "zscore"}, spacing=(2.0, 0.5, 0.5), description="demo")
     assert path == tmp_path / "liver.safetensors"
-    doc = json.loads((tmp_path / "liver.json").read_text())
+    doc = json.loads((tmp_path / "liver.json").read_text(encoding="utf-8"))
     assert doc["arch"] == "unet" and doc["config"] == small_unet.get_config()
     assert doc["format_version"] == ckpt.FORMAT_VERSION and doc["package_version"]
     assert doc["meta"]["spacing"] == [2.0, 0.5, 0.5]
@@ -93,7 +93,7 @@ def test_pickles_are_refused_without_torch_load(tmp_path, small_unet, monkeypatc
 def test_renamed_pickle_is_refused(tmp_path, small_unet, monkeypatch):
     save_model(tmp_path / "m", small_unet)
     (tmp_path / "m.safetensors").write_bytes(pickle.dumps({"weights": [1, 2, 3]}, protocol=4))
-    doc = json.loads((tmp_path / "m.json").read_text())
+    doc = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
     doc.pop("weights_sha256")
     (tmp_path / "m.json").write_text(json.dumps(doc))
     with pytest.raises(CheckpointError, match="not a safetensors file"):
@@ -111,7 +111,7 @@ def test_missing_files(tmp_path, small_unet):
 
 def test_mismatched_weights_are_refused(tmp_path, small_unet):
     save_model(tmp_path / "m", small_unet)
-    doc = json.loads((tmp_path / "m.json").read_text())
+    doc = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
     doc.pop("weights_sha256")
     doc["config"]["base_width"] = 3  # architecture no longer fits the tensors
     (tmp_path / "m.json").write_text(json.dumps(doc))
@@ -136,7 +136,7 @@ def test_weights_and_sidecar_must_match(tmp_path, small_unet):
 def test_bad_sidecars(tmp_path, small_unet):
     save_model(tmp_path / "m", small_unet)
     side = tmp_path / "m.json"
-    doc = json.loads(side.read_text())
+    doc = json.loads(side.read_text(encoding="utf-8"))
     side.write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         load_model(side)

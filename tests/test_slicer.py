@@ -334,10 +334,10 @@ def test_slicer_install_writes_a_module_folder(tmp_path, kind, capsys):
     if kind == "python-real":
         assert "PythonSlicer -m pip install napari-cnnseg" in out
         assert launcher.read_text(encoding="utf-8") == LAUNCHER.read_text(encoding="utf-8")
-        assert launcher.read_text().splitlines()[0] == "#!/usr/bin/env python-real"
+        assert launcher.read_text(encoding="utf-8").splitlines()[0] == "#!/usr/bin/env python-real"
     elif os.name != "nt":
         assert os.access(launcher, os.X_OK) and "." not in launcher.name
-        assert launcher.read_text().splitlines()[0] == f"#!{sys.executable}"
+        assert launcher.read_text(encoding="utf-8").splitlines()[0] == f"#!{sys.executable}"
         proc = subprocess.run([str(launcher), "--xml"], capture_output=True, text=True, timeout=30)
         assert proc.returncode == 0 and proc.stderr == "" and proc.stdout == slicer.xml_text()
 
@@ -369,7 +369,7 @@ def test_shipped_folder_holds_only_the_module():
     """Any other .py in a Slicer module path would be loaded as a scripted module."""
     files = sorted(p.name for p in slicer.SHIPPED_DIR.iterdir() if p.name != "__pycache__")
     assert files == ["CNNSegment.py", "CNNSegment.xml"]
-    assert LAUNCHER.read_text().startswith("#!/usr/bin/env python-real\n")
+    assert LAUNCHER.read_text(encoding="utf-8").startswith("#!/usr/bin/env python-real\n")
 
 
 # ------------------------------------------------------------------------ end to end (engine)

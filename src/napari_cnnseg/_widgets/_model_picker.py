@@ -78,7 +78,7 @@ def remember_model(kind: str, value: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"kind": kind, "value": str(value)}))
+        tmp.write_text(json.dumps({"kind": kind, "value": str(value)}), encoding="utf-8")
         os.replace(tmp, path)
     except OSError as exc:  # a read-only data folder only costs the preselection
         logger.warning("could not remember the last model: %s", exc)
@@ -87,7 +87,7 @@ def remember_model(kind: str, value: str) -> None:
 def last_used_model() -> tuple[str, str] | None:
     """(kind, value) of the last model chosen by hand, if it can still be loaded."""
     try:
-        entry = json.loads(_last_model_file().read_text())
+        entry = json.loads(_last_model_file().read_text(encoding="utf-8"))
         kind, value = str(entry["kind"]), str(entry["value"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
