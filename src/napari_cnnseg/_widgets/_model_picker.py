@@ -105,12 +105,13 @@ def plain_description(session: Any) -> str:
     family = FAMILIES.get(getattr(session.model, "arch_name", ""), "network")
     rounds = session.tuned_rounds
     taught = f"{rounds} round{'s' if rounds != 1 else ''} of your strokes"
-    if session.model_source.startswith("new "):
+    origin = session.origin  # typed: new / shipped / checkpoint
+    if origin.kind == "new":
         first = (f"New {family}, not trained yet: paint a few strokes of each class, then "
                  "Fine-tune." if not rounds else f"New {family}, trained on {taught}.")
     else:
-        origin = Path(session.model_source).name or session.model_source
-        first = f"{family} from {origin}" + (f", improved with {taught}." if rounds else ".")
+        where = Path(origin.name).name or origin.name
+        first = f"{family} from {where}" + (f", improved with {taught}." if rounds else ".")
     names = session.class_names
     lines = [first, f"Finds {', '.join(names[1:])}; everything else is {names[0]}."]
     rf = session.receptive_field()
@@ -284,12 +285,12 @@ class ModelPicker:
 
     def _sync_model_entry(self) -> None:
         """Show the session's model in the picker (also when set by script or the other dock)."""
-        source = self.session.model_source
+        source, origin = self.session.model_source, self.session.origin
         if self.session.model is None or not source:
             self.model_combo.setCurrentIndex(0)
             return
-        if source.startswith("new "):
-            entry = ("new", source[4:])
+        if origin.kind == "new":
+            entry = ("new", origin.name)
         elif any(self.model_combo.itemData(i) == ("pretrained", source)
                  for i in range(self.model_combo.count())):
             entry = ("pretrained", source)

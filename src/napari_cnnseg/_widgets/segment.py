@@ -37,6 +37,7 @@ from qtpy.QtWidgets import (
 
 from .._napari_io import default_output_path, layer_role, unwrap
 from ..core.errors import CnnsegError, InputError
+from ..core.precisions import TRAIN_PRECISION_CHOICES
 from . import _worker
 from ._base import JobDock
 from ._layers import show_results
@@ -46,7 +47,6 @@ from ._model_picker import ModelPicker, plain_description
 logger = logging.getLogger(__name__)
 
 _ALL_CHANNELS = "all channels"
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def _available_devices() -> list[str]:
@@ -118,7 +118,7 @@ class SegmentWidget(ModelPicker, JobDock):
         self.device_combo.addItems(_available_devices())
         form2.addRow("Device", self.device_combo)
         self.precision_combo = QComboBox()
-        self.precision_combo.addItems(PRECISIONS)
+        self.precision_combo.addItems(list(TRAIN_PRECISION_CHOICES))  # the one table
         self.precision_combo.setToolTip("auto = bf16 where the device supports it, else fp32")
         form2.addRow("Precision", self.precision_combo)
         root.addLayout(form2)
