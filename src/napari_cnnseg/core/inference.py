@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,7 @@ from .jobs import CancelFn, ProgressFn, check_cancel, report
 from .models.feature_net import is_per_voxel
 from .netprep import NetSpec, WrappedNet, inference_copy, network_spec, wrap_module
 from .normalization import DEFAULT_NORMALIZATION, apply_stats, compute_stats
+from .settings import with_options
 from .tile_policy import (  # noqa: F401 - re-exported: callers read the defaults from here
     DEFAULT_OVERLAP,
     DEFAULT_TILE,
@@ -227,12 +228,7 @@ class PredictSettings:
     @classmethod
     def of(cls, settings: PredictSettings | None = None, **options: Any) -> PredictSettings:
         """``settings`` (or the defaults) with ``options`` applied; an unknown name is refused."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise InputError(f"unknown prediction setting(s) {', '.join(unknown)}; "
-                             f"known: {', '.join(sorted(known))}")
-        cfg = replace(settings or cls(), **options)
+        cfg = with_options(cls, settings, options, "prediction")
         if cfg.batch_size is not None and int(cfg.batch_size) < 1:
             raise InputError(f"batch_size must be >= 1, got {cfg.batch_size}")
         return cfg

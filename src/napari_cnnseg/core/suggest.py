@@ -26,13 +26,14 @@ all of it). Numpy and scipy only; no Qt, no napari, no torch.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
 from .errors import InputError
+from .settings import with_options
 
 log = logging.getLogger(__name__)
 
@@ -274,12 +275,7 @@ class Ranking:
     @classmethod
     def of(cls, ranking: Ranking | None = None, **options: Any) -> Ranking:
         """``ranking`` (or the defaults) with ``options`` applied, validated."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise InputError(f"unknown suggestion setting(s) {', '.join(unknown)}; "
-                             f"known: {', '.join(sorted(known))}")
-        r = replace(ranking or cls(), **options)
+        r = with_options(cls, ranking, options, "suggestion")
         for name in ("threshold", "painted_weight", "reach_threshold"):
             value = getattr(r, name)
             if not (isinstance(value, (int, float)) and 0.0 <= float(value) <= 1.0):

@@ -25,7 +25,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,7 @@ from .models.feature_net import has_fixed_features
 from .precisions import TRAIN_PRECISION_CHOICES
 from .recipes import DEFAULT_CROP, DEFAULT_PRIOR_WEIGHT, DEFAULT_STEPS, PRIORS
 from .sampling import CropGeometry, ScribbleSampler
+from .settings import with_options
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +77,7 @@ class TrainConfig:
         Raises:
             InputError: an unknown setting name or a bad value.
         """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise InputError(f"unknown training setting(s) {', '.join(unknown)}; "
-                             f"known: {', '.join(sorted(known))}")
-        cfg = replace(config or cls(), **options)
+        cfg = with_options(cls, config, options, "training")
         cfg.check()
         return cfg
 
