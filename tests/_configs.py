@@ -12,3 +12,17 @@ TINY = {
 }
 #: the phantom's classes (``make_phantom``)
 CLASSES = ["background", "organ", "vessel", "lesion"]
+
+
+def phantom_strokes(labels, slices=(3, 8)):
+    """A few thin strokes per class on ``slices`` of a (Z, Y, X) label map (value k = class
+    k-1): about a twelfth of each class's voxels on those slices, uint8."""
+    import numpy as np
+
+    scr = np.zeros(labels.shape, dtype=np.uint8)
+    for z in slices:
+        for c in np.unique(labels[z]):
+            ys, xs = np.nonzero(labels[z] == c)
+            pick = slice(None, None, max(1, len(ys) // 12))
+            scr[z, ys[pick], xs[pick]] = c + 1
+    return scr

@@ -7,21 +7,11 @@ import threading
 import numpy as np
 import pytest
 import torch
-from _configs import CLASSES, TINY
+from _configs import CLASSES, TINY, phantom_strokes
 
 from napari_cnnseg._session import Session
 from napari_cnnseg.core.errors import Cancelled, InputError
 from napari_cnnseg.core.sample_data import make_phantom
-
-
-def _strokes(labels: np.ndarray, slices: tuple[int, ...]) -> np.ndarray:
-    scr = np.zeros(labels.shape, dtype=np.uint8)
-    for z in slices:
-        for c in np.unique(labels[z]):
-            ys, xs = np.nonzero(labels[z] == c)
-            pick = slice(None, None, max(1, len(ys) // 12))
-            scr[z, ys[pick], xs[pick]] = c + 1
-    return scr
 
 
 def _weights(model) -> dict[str, torch.Tensor]:
@@ -45,13 +35,13 @@ def live_session(request, tmp_path):
 def test_live_training_takes_new_strokes_and_is_one_undo_step(live_session):
     s, labels = live_session
     before = _weights(s.model)
-    live = s.start_live(_strokes(labels, (3,)), batch_size=2, crop_shape=(4, 8, 8), seed=0)
+    live = s.start_live(phantom_strokes(labels, (3,)), batch_size=2, crop_shape=(4, 8, 8), seed=0)
     assert s.can_undo and s.tuned_rounds == 0
     step0 = s.versions.step
     loss = live.train(steps=3)
     assert np.isfinite(loss) and live.steps == 3 and s.versions.step > step0
     assert not _same(before, _weights(s.model))
-    second = _strokes(labels, (3, 8))
+    second = phantom_strokes(labels, (3, 8))
     assert live.update_scribbles(second)
     assert not live.update_scribbles(np.zeros_like(second))  # erased all: keep the last ones
     live.train(steps=2)
@@ -72,7 +62,7 @@ def test_live_training_refuses_bad_strokes_and_stops_on_cancel(live_session):
     with pytest.raises(InputError):
         s.start_live(np.zeros(labels.shape, np.uint8))  # nothing painted
     assert not s.can_undo  # a refused start leaves no Undo version behind
-    live = s.start_live(_strokes(labels, (3,)), batch_size=2, crop_shape=(4, 8, 8))
+    live = s.start_live(phantom_strokes(labels, (3,)), batch_size=2, crop_shape=(4, 8, 8))
     with pytest.raises(InputError, match="grid"):
         live.update_scribbles(np.ones((2, 2, 2), np.uint8))
     stop = threading.Event()
@@ -88,7 +78,7 @@ def test_live_chunks_keep_the_learning_rate(tmp_path):
     s = Session(autosave_folder=tmp_path)
     s.set_image(image, name="phantom")
     s.new_model("feature_net", CLASSES, **TINY["feature_net"])
-    live = s.start_live(_strokes(labels.array, (3,)), lr=1e-3)
+    live = s.start_live(phantom_strokes(labels.array, (3,)), lr=1e-3)
     for _ in range(3):  # a chunk may decay the lr within itself, never across chunks
         live.train(steps=4)
         assert live.trainer.opt.param_groups[0]["lr"] > 0.5 * 1e-3 * 0.05

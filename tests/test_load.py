@@ -14,7 +14,7 @@ import threading
 
 import numpy as np
 import pytest
-from _configs import CLASSES, TINY
+from _configs import CLASSES, TINY, phantom_strokes
 
 from napari_cnnseg._session import Preview, RegionUpdate, Session
 from napari_cnnseg.core.sample_data import make_phantom
@@ -38,16 +38,6 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def scribbles_from(labels: np.ndarray) -> np.ndarray:
-    scr = np.zeros(labels.shape, np.uint8)
-    for z in (3, 8):
-        for c in np.unique(labels[z]):
-            ys, xs = np.nonzero(labels[z] == c)
-            pick = slice(None, None, max(1, len(ys) // 12))
-            scr[z, ys[pick], xs[pick]] = c + 1
-    return scr
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc (Linux)")
 def test_thirty_segment_finetune_undo_cycles_do_not_leak(tmp_path):
     image, labels = make_phantom(shape=(12, 28, 28), spacing=(2.0, 0.5, 0.5), seed=1)
@@ -55,7 +45,7 @@ def test_thirty_segment_finetune_undo_cycles_do_not_leak(tmp_path):
     s.set_image(image, name="phantom")
     s.new_model("unet", CLASSES, **TINY["unet"])
     s.predict_options.update(device="cpu", precision="fp32")
-    scr = scribbles_from(labels.array)
+    scr = phantom_strokes(labels.array)
     rss, threads, fds = [], [], []
     for cycle in range(1, CYCLES + 1):
         s.segment()
@@ -85,7 +75,7 @@ def test_undo_stack_is_bounded(tmp_path):
     s = Session(autosave_folder=tmp_path, max_versions=3)
     s.set_image(image, name="phantom")
     s.new_model("unet", CLASSES, **TINY["unet"])
-    scr = scribbles_from(labels.array)
+    scr = phantom_strokes(labels.array)
     for _ in range(6):
         s.finetune(scr, steps=1, refresh=False, **FAST)
     assert len(s.versions) == 3

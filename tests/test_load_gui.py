@@ -23,7 +23,8 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from test_load import rss_mb, scribbles_from  # noqa: E402
+from _configs import phantom_strokes  # noqa: E402
+from test_load import rss_mb  # noqa: E402
 
 from napari_cnnseg._widgets import _worker  # noqa: E402
 from napari_cnnseg.core.sample_data import make_phantom  # noqa: E402
@@ -85,7 +86,7 @@ def test_thirty_cycles_in_the_docks_do_not_leak(make_napari_viewer, phantom):
     image, labels = phantom
     _, seg, fin = _plugin_docks(viewer, image)
     scr_layer = fin.add_scribbles_layer()
-    scr_layer.data[...] = scribbles_from(labels.array)
+    scr_layer.data[...] = phantom_strokes(labels.array)
     rss, raw, threads = [], [], []
     for _ in range(30):
         seg.segment()
@@ -114,7 +115,7 @@ def test_segment_while_finetuning_is_refused_clearly(make_napari_viewer, phantom
     viewer = make_napari_viewer()
     image, labels = phantom
     _, seg, fin = _plugin_docks(viewer, image)
-    fin.add_scribbles_layer().data[...] = scribbles_from(labels.array)
+    fin.add_scribbles_layer().data[...] = phantom_strokes(labels.array)
     monkeypatch.setattr(_worker, "SYNC", False)
     job = fin.finetune(steps=100_000, **QUICK)  # far more than we let it run
     assert job is not None

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from _configs import CLASSES, TINY
+from _configs import CLASSES, TINY, phantom_strokes
 
 from napari_cnnseg._autosave import ScribbleStore, image_key
 from napari_cnnseg._session import Preview, Refreshing, RegionUpdate, Session, normalized_entropy
@@ -29,17 +29,6 @@ def session(phantom, tmp_path):
     s.set_image(image, name="phantom")
     s.new_model("unet", CLASSES, **TINY["unet"])
     return s
-
-
-def _scribbles_from(labels: np.ndarray) -> np.ndarray:
-    """A few thin strokes per class on two slices (value k = class k-1)."""
-    scr = np.zeros(labels.shape, dtype=np.uint8)
-    for z in (3, 8):
-        for c in np.unique(labels[z]):
-            ys, xs = np.nonzero(labels[z] == c)
-            pick = slice(None, None, max(1, len(ys) // 12))
-            scr[z, ys[pick], xs[pick]] = c + 1
-    return scr
 
 
 def _weights(model) -> dict[str, torch.Tensor]:
@@ -109,7 +98,7 @@ def test_finetune_live_refresh_then_undo_restores_exact_weights(session, phantom
     handlers = {StepDone: lambda e: live_losses.append(e.loss), RegionUpdate: seen.append,
                 Refreshing: refreshing.append}
     out = session.finetune(
-        _scribbles_from(labels.array),
+        phantom_strokes(labels.array),
         steps=4,
         batch_size=2,
         crop_shape=(4, 12, 12),
@@ -143,7 +132,7 @@ def test_stop_keeps_weights_and_refreshes(session, phantom):
         return len(calls) > 2  # stop after two steps
 
     out = session.finetune(
-        _scribbles_from(labels.array), steps=50, batch_size=2, crop_shape=(4, 12, 12),
+        phantom_strokes(labels.array), steps=50, batch_size=2, crop_shape=(4, 12, 12),
         keep_best=False, cancel=cancel,
     )
     assert out.stopped and out.results is not None and out.steps == 2 == len(out.losses)
@@ -156,7 +145,7 @@ def test_failed_finetune_leaves_model_and_undo_stack(session, phantom):
     _, labels = phantom
     w0 = _weights(session.model)
     with pytest.raises(InputError):
-        session.finetune(_scribbles_from(labels.array), steps=2, batch_size=0)
+        session.finetune(phantom_strokes(labels.array), steps=2, batch_size=0)
     assert not session.can_undo
     assert all(torch.equal(w0[k], v) for k, v in session.model.state_dict().items())
 
@@ -204,7 +193,7 @@ def test_save_model_round_trip(session, tmp_path):
 # ------------------------------------------------------------------ autosave
 def test_autosave_round_trip_and_reload_in_new_session(session, phantom, tmp_path):
     image, labels = phantom
-    scr = _scribbles_from(labels.array)
+    scr = phantom_strokes(labels.array)
     path = session.autosave_scribbles(scr)
     assert path.is_file() and path.parent == tmp_path / "autosave"
     # a new session (e.g. after a restart) on the same image finds them again
@@ -302,7 +291,7 @@ def test_finetune_uses_the_measured_recipe_for_the_model_start(session, phantom,
         return real(model, image, scribbles, **kw)
 
     monkeypatch.setattr(training, "finetune", spy)
-    scr = _scribbles_from(np.asarray(phantom[1].array))
+    scr = phantom_strokes(np.asarray(phantom[1].array))
     small = {"steps": 1, "refresh": False, "batch_size": 2, "crop_shape": (4, 8, 8)}
     assert session.model_is_fresh
     session.finetune(scr, **small)  # an untrained net: the new-task recipe
