@@ -151,6 +151,30 @@ def test_keep_stroke_components_drops_unpainted_look_alikes():
         keep_stroke_components(labels, scr[:, :10])
 
 
+def test_keep_stroke_components_matches_a_plain_reference_and_many_components():
+    """The lean form (flat stroke lookup, uint16 component map, int32 past 65535 components)
+    keeps exactly the components a plain per-class labelling keeps."""
+    from scipy import ndimage
+    rng = np.random.default_rng(3)
+    structure = np.ones((3, 3, 3), bool)
+    labels = np.zeros((10, 300, 300), np.uint8)
+    labels[::2, ::2, :200:2] = 1  # 75,000 isolated voxels: more components than uint16 holds
+    labels[:, :, 201:] = rng.integers(0, 3, (10, 300, 99))  # blobs of classes 1 and 2
+    scr = np.zeros_like(labels)
+    pts = rng.integers(0, [10, 300, 300], (400, 3))
+    scr[tuple(pts.T)] = rng.integers(1, 4, 400)
+    out = keep_stroke_components(labels, scr)
+    ref = labels.copy()
+    ref[scr > 0] = scr[scr > 0] - 1
+    honoured = ref.copy()
+    assert ndimage.label(honoured == 1, structure=structure)[1] > 65535
+    for c in (1, 2):
+        comp, _ = ndimage.label(honoured == c, structure=structure)
+        kept = np.unique(comp[(scr == c + 1) & (honoured == c)])
+        ref[(comp > 0) & ~np.isin(comp, kept)] = 0
+    np.testing.assert_array_equal(out, ref)
+
+
 def test_painted_voxels_keep_their_painted_class():
     """A stroke is a label set by hand: painted voxels show their class, and a painted
     foreground voxel the net missed keeps its component (it touches that stroke)."""

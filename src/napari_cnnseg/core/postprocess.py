@@ -36,23 +36,34 @@ def keep_stroke_components(labels: np.ndarray, scribbles: np.ndarray, *,
         raise InputError(f"labels {labels.shape} and scribbles {scribbles.shape} are on "
                          "different grids; paint the scribbles on the image's grid")
     out = labels.copy()
+    flat_scr = scribbles.reshape(-1)
     if honour_strokes:
-        painted_voxels = scribbles > 0
-        out[painted_voxels] = (scribbles[painted_voxels] - 1).astype(out.dtype)
-    labels = out.copy()
-    structure = np.ones((3, 3, 3), bool)
-    painted = np.unique(scribbles[scribbles > 1]) - 1  # foreground classes with strokes
-    for c in painted.tolist():
-        region = labels == c
-        comp, n = ndimage.label(region, structure=structure)
+        painted_at = np.flatnonzero(flat_scr)
+        out.reshape(-1)[painted_at] = (flat_scr[painted_at] - 1).astype(out.dtype)
+    # memory: one bool region and one component map (uint16 when the count fits) at a time,
+    # strokes looked up by their flat indices (no full-size stroke masks): on a 600x512x512
+    # scan this is ~0.5 GB of temporaries instead of ~1.35 GB
+    strokes = np.flatnonzero(flat_scr > 1)
+    stroke_classes = flat_scr[strokes].astype(np.int64) - 1
+    for c in np.unique(stroke_classes).tolist():  # foreground classes with strokes
+        comp, n = _components(out == c)
         if n <= 1:
             continue
         keep = np.zeros(n + 1, bool)
-        keep[np.unique(comp[(scribbles == c + 1) & region])] = True
+        keep[comp.reshape(-1)[strokes[stroke_classes == c]]] = True
         keep[0] = True
-        drop = ~keep[comp]
-        out[drop] = 0
+        out[~keep[comp]] = 0
+        del comp
     return out
+
+
+def _components(region: np.ndarray) -> tuple[np.ndarray, int]:
+    """26-connected components of a bool map: (component map, count), uint16 when it fits."""
+    structure = np.ones((3, 3, 3), bool)
+    try:
+        return ndimage.label(region, structure=structure, output=np.uint16)
+    except RuntimeError:  # more than 65535 components
+        return ndimage.label(region, structure=structure, output=np.int32)
 
 
 #: painted voxels per foreground class remembered in a model's meta (``stroke_seeds``)
