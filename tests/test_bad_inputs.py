@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 from test_bad_inputs_cases import CASES, SHAPE, make_kit, run_case, snapshot
 
-
 #: cases that show a bug in a file this suite's owner does not edit (reported, to be fixed there)
 #: case id -> why it fails today (strict xfail: fixing the bug makes the test say so)
 KNOWN_BUGS: dict[str, str] = {}

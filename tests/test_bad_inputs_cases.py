@@ -455,20 +455,20 @@ def _cases() -> list[Case]:
         d, image=np.zeros((3, *SHAPE), np.float32)), "channel")
 
     # ---- the command line
-    I = "cnnseg info"
-    add("info-missing", I, "a missing file", lambda d: ["info", str(d / "none.nrrd")], "does not exist")
-    add("info-corrupt", I, "a corrupt .nrrd", lambda d: (
+    SURFACE_INFO = "cnnseg info"
+    add("info-missing", SURFACE_INFO, "a missing file", lambda d: ["info", str(d / "none.nrrd")], "does not exist")
+    add("info-corrupt", SURFACE_INFO, "a corrupt .nrrd", lambda d: (
         (d / "g.nrrd").write_bytes(os.urandom(512)), ["info", str(d / "g.nrrd")])[1], "corrupt")
-    add("info-empty-folder", I, "an empty folder", lambda d: (
+    add("info-empty-folder", SURFACE_INFO, "an empty folder", lambda d: (
         (d / "e").mkdir(), ["info", str(d / "e")])[1], "empty")
-    add("info-dicom-absurd", I, "a DICOM series folder claiming 65535 x 65535 pixels per slice",
+    add("info-dicom-absurd", SURFACE_INFO, "a DICOM series folder claiming 65535 x 65535 pixels per slice",
         lambda d: ["info", str(_dicom_absurd(d))], "exhaust memory",
         env={"CNNSEG_MAX_VOLUME_BYTES": str(10**9)})
-    add("info-2d", I, "a 2D TIFF", lambda d: ["info", str(_tiff(d, np.zeros((9, 9), np.uint8)))], "2D")
-    add("info-zarr-absurd", I, "Zarr metadata claiming 10^18 voxels", lambda d: [
+    add("info-2d", SURFACE_INFO, "a 2D TIFF", lambda d: ["info", str(_tiff(d, np.zeros((9, 9), np.uint8)))], "2D")
+    add("info-zarr-absurd", SURFACE_INFO, "Zarr metadata claiming 10^18 voxels", lambda d: [
         "info", str(_zarr(d, (10**6,) * 3, (64,) * 3))], "limit")
-    add("info-symlink-loop", I, "a symbolic link loop", lambda d: ["info", str(_loop(d, ".nrrd"))], "loop")
-    add("info-nifti-absurd", I, "a NIfTI header claiming 30000^3 voxels", lambda d: [
+    add("info-symlink-loop", SURFACE_INFO, "a symbolic link loop", lambda d: ["info", str(_loop(d, ".nrrd"))], "loop")
+    add("info-nifti-absurd", SURFACE_INFO, "a NIfTI header claiming 30000^3 voxels", lambda d: [
         "info", str(_nifti_header(d, (30000, 30000, 30000)))], "limit")
 
     G = "cnnseg segment"
@@ -579,12 +579,12 @@ def _cases() -> list[Case]:
     add("ev-classes-negative", E, "--classes -4", lambda d: [
         "evaluate", str(d / "gt.nii.gz"), str(d / "gt.nii.gz"), "--classes", "-4"], "too small|classes")
 
-    O = "cnnseg models / slicer-install"
-    add("models-extra-arg", O, "cnnseg models with a stray argument", lambda d: ["models", "extra"],
+    SURFACE_OTHER = "cnnseg models / slicer-install"
+    add("models-extra-arg", SURFACE_OTHER, "cnnseg models with a stray argument", lambda d: ["models", "extra"],
         "unrecognized arguments")
-    add("slicer-install-onto-file", O, "slicer-install into a path that is a file", lambda d: [
+    add("slicer-install-onto-file", SURFACE_OTHER, "slicer-install into a path that is a file", lambda d: [
         "slicer-install", str(d / "gt.nii.gz")], "file|folder|director|exists")
-    add("no-subcommand", O, "an unknown subcommand", lambda d: ["segmentt"], "invalid choice")
+    add("no-subcommand", SURFACE_OTHER, "an unknown subcommand", lambda d: ["segmentt"], "invalid choice")
 
     L = "Slicer module"
     sl = lambda d, *extra: ["--model_file", mdl(d), "--device", "cpu", *extra, img(d), str(d / "lab.nrrd")]  # noqa: E731

@@ -47,7 +47,7 @@ def test_thirty_segment_finetune_undo_cycles_do_not_leak(tmp_path):
     s.predict_options.update(device="cpu", precision="fp32")
     scr = phantom_strokes(labels.array)
     rss, threads, fds = [], [], []
-    for cycle in range(1, CYCLES + 1):
+    for _ in range(CYCLES):
         s.segment()
         s.autosave_scribbles(scr)
         out = s.finetune(scr, steps=1, preview=Preview(lambda: s.slice_roi(0, 6), steps=1),

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import VolumeReadError
-from ._checks import check_claimed_size
 from ._arrays import _select_channel, _storable, _to_czyx
+from ._checks import check_claimed_size
 from .volume import _NGFF_UNITS, Volume, _geometry_from_record, _portable_metadata, _unit
 
 #: private TIFF tag holding our own geometry record (JSON)

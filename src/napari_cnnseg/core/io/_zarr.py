@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import VolumeReadError
-from ._checks import check_claimed_size, check_zarr_chunks
 from ._arrays import _check_spatial, _lazy_czyx, _select_channel, _storable, _to_czyx
+from ._checks import check_claimed_size, check_zarr_chunks
 from .volume import _NGFF_UNITS, Volume, _geometry_from_record, _portable_metadata_of, _unit
 
 #: group attribute holding our own geometry record
