@@ -314,10 +314,13 @@ def predict(image: Any, model: nn.Module, settings: PredictSettings | None = Non
 
         feats = cached_features(model, image, norm, dev) if roi is None \
             else features_if_cached(model, image, norm)
-        if feats is not None and (roi is None or isinstance(feats, np.ndarray)):
+        if feats is not None:
             report(progress, 0, 1)
             box = None if roi is None else tuple(slice(a, b) for a, b in region)
-            result = predict_features(model, feats, out, dev, roi=box, cancel=cancel)
+            if box is not None and not isinstance(feats, np.ndarray):
+                result = _pooled_box(model, image, norm, box, out, dev, cancel)
+            else:
+                result = predict_features(model, feats, out, dev, roi=box, cancel=cancel)
             report(progress, 1, 1)
             return result
     # exact_roi: a same net's tiles (and default tile) are those of the whole image
@@ -372,6 +375,25 @@ def _after_oom(spec: NetSpec, attempt: _Attempt, tile_region: Sequence[int],
     attempt.tile = default_tile_shape(spec, tile_region, tile_shape)
     if str(attempt.precision).lower() == "fp16":
         attempt.precision = "fp32"
+
+
+def _pooled_box(model: nn.Module, image: np.ndarray, norm: dict, box: tuple[slice, slice, slice],
+                out: np.ndarray | None, dev: torch.device, cancel: CancelFn | None) -> np.ndarray:
+    """Probabilities (K, *box) of a per-voxel net on a volume whose features are too big to
+    cache (``PooledFeatures``): the fixed filters of the box's z slabs only (a few hundred MB
+    for a 512 x 512 slice), then the head. The tiled path would run the filter bank as 3D
+    convolutions over tiles (1.3 GB and a minute for one slice of a 600 x 512 x 512 CT)."""
+    from .models.feature_net import FEATURE_CHUNK, feature_slabs, predict_features
+
+    z0, z1 = box[0].start, box[0].stop
+    if out is None:
+        out = np.empty((int(model.num_classes), *(s.stop - s.start for s in box)), np.float32)
+    for a, block in feature_slabs(model, image, norm, list(range(z0, z1, FEATURE_CHUNK)),
+                                  threads=1):
+        n = min(block.shape[1], z1 - a)
+        predict_features(model, block, out[:, a - z0:a - z0 + n], dev,
+                         roi=(slice(0, n), box[1], box[2]), cancel=cancel)
+    return out
 
 
 def _predict_on(img: Any, model: nn.Module, spec: NetSpec, attempt: _Attempt, region: Any,

@@ -47,6 +47,11 @@ PAINTED_WEIGHT = 0.5
 BOX_MARGIN = 4
 #: tolerance on probabilities outside [0, 1] (float16 rounding)
 _TOL = 1e-3
+#: z slices per slab: every whole-volume map is built slab by slab, so the float32
+#: temporaries stay a few MB whatever the volume (a 600x512x512 CT: 16 x 4 MB per map)
+_SLAB = 16
+#: dtype of the per-voxel maps :func:`suggest` keeps (2 bytes a voxel; the ranking sums them)
+_MAP_DTYPE = np.float16
 
 
 @dataclass(frozen=True)
@@ -137,34 +142,36 @@ def _check(probabilities: Any, scribbles: Any, labels: Any, top: int, axis: int
     return out[0], out[1], out[2]
 
 
-def error_map(probabilities: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
-    """Normalised probability that each voxel's label is wrong: (Z, Y, X) float32 in [0, 1].
+def error_map(probabilities: np.ndarray, labels: np.ndarray | None = None, *,
+              dtype: Any = np.float32) -> np.ndarray:
+    """Normalised probability that each voxel's label is wrong: (Z, Y, X) in [0, 1].
 
     ``(1 - p[label]) / (1 - 1/K)`` with ``label`` the argmax (or ``labels`` when given): 0 where
     the model is certain of the label, 1 where it is uniform over the K classes (above 1, up to
-    ``K / (K - 1)``, where ``labels`` disagree with a confident model; clipped to 1).
+    ``K / (K - 1)``, where ``labels`` disagree with a confident model; clipped to 1). Built slab
+    by slab into a new array of ``dtype`` (float32 by default).
     """
     k = probabilities.shape[0]
-    out = np.empty(probabilities.shape[1:], np.float32)
+    out = np.empty(probabilities.shape[1:], dtype)
     scale = 1.0 / (1.0 - 1.0 / k)
-    for z0 in range(0, out.shape[0], 16):  # slabs: bounded float32 temporaries
-        p = np.asarray(probabilities[:, z0:z0 + 16], np.float32)
+    for z0 in range(0, out.shape[0], _SLAB):
+        p = np.asarray(probabilities[:, z0:z0 + _SLAB], np.float32)
         if labels is None:
             right = p.max(axis=0)
         else:
-            lab = np.asarray(labels[z0:z0 + 16], np.int64)
+            lab = np.asarray(labels[z0:z0 + _SLAB], np.int64)
             right = np.take_along_axis(p, lab[None], axis=0)[0]
-        out[z0:z0 + 16] = np.clip((1.0 - right) * scale, 0.0, 1.0)
+        out[z0:z0 + _SLAB] = np.clip((1.0 - right) * scale, 0.0, 1.0)
     return out
 
 
-def entropy_map(probabilities: np.ndarray) -> np.ndarray:
-    """Normalised entropy (Z, Y, X) float32 in [0, 1] of (K, Z, Y, X) probabilities."""
+def entropy_map(probabilities: np.ndarray, *, dtype: Any = np.float32) -> np.ndarray:
+    """Normalised entropy (Z, Y, X) in [0, 1] of (K, Z, Y, X) probabilities, as ``dtype``."""
     k = probabilities.shape[0]
-    out = np.empty(probabilities.shape[1:], np.float32)
-    for z0 in range(0, out.shape[0], 16):
-        p = np.clip(np.asarray(probabilities[:, z0:z0 + 16], np.float32), 1e-12, 1.0)
-        out[z0:z0 + 16] = np.clip(-(p * np.log(p)).sum(axis=0) / np.log(k), 0.0, 1.0)
+    out = np.empty(probabilities.shape[1:], dtype)
+    for z0 in range(0, out.shape[0], _SLAB):
+        p = np.clip(np.asarray(probabilities[:, z0:z0 + _SLAB], np.float32), 1e-12, 1.0)
+        out[z0:z0 + _SLAB] = np.clip(-(p * np.log(p)).sum(axis=0) / np.log(k), 0.0, 1.0)
     return out
 
 
@@ -178,15 +185,31 @@ def reachable(error: np.ndarray, probabilities: np.ndarray, scribbles: np.ndarra
     3D components (26-connectivity) of "foreground or unsure" (argmax 1, or error >= threshold)
     that touch a foreground stroke. None when the filter does not apply (K != 2, no
     foreground stroke): then every voxel counts.
+
+    Memory: one bool map (reused for the answer) and one component map (uint16 when the count
+    fits) besides the inputs; strokes are looked up by their flat indices.
     """
-    if probabilities.shape[0] != 2 or scribbles is None or not (scribbles == 2).any():
+    from .postprocess import _components
+
+    if probabilities.shape[0] != 2 or scribbles is None:
         return None
-    maybe = (error >= threshold) if threshold > 0 else (error > 0)
-    maybe |= np.asarray(probabilities[1] > probabilities[0])
-    comp, _ = ndimage.label(maybe, structure=np.ones((3, 3, 3), bool))
-    touched = np.unique(comp[(scribbles == 2) & maybe])
-    touched = touched[touched > 0]
-    return np.isin(comp, touched)
+    plane = int(np.prod(scribbles.shape[1:]))
+    strokes = np.concatenate([np.flatnonzero(scribbles[z0:z0 + _SLAB] == 2) + z0 * plane
+                              for z0 in range(0, scribbles.shape[0], _SLAB)])
+    if not strokes.size:
+        return None
+    maybe = np.empty(error.shape, bool)
+    for z0 in range(0, error.shape[0], _SLAB):
+        e = error[z0:z0 + _SLAB]
+        unsure = (e >= threshold) if threshold > 0 else (e > 0)
+        maybe[z0:z0 + _SLAB] = unsure | (probabilities[1, z0:z0 + _SLAB]
+                                         > probabilities[0, z0:z0 + _SLAB])
+    comp, n = _components(maybe)
+    keep = np.zeros(n + 1, bool)
+    keep[comp.reshape(-1)[strokes]] = True
+    keep[0] = False
+    np.take(keep, comp, out=maybe)
+    return maybe
 
 
 def slice_scores(error: np.ndarray, axis: int, scribbles: np.ndarray | None, *,
@@ -194,15 +217,28 @@ def slice_scores(error: np.ndarray, axis: int, scribbles: np.ndarray | None, *,
     """Per-slice error mass along ``axis`` of an (Z, Y, X) :func:`error_map` (a new array).
 
     Voxels below ``threshold`` and painted voxels count 0; slices with strokes are multiplied
-    by ``painted_weight``.
+    by ``painted_weight``. Summed slab by slab (float32 temporaries of one slab).
     """
-    err = np.where(error >= threshold, error, 0.0).astype(np.float32)
-    if scribbles is not None:
-        err[scribbles > 0] = 0.0
+    scores = np.zeros(error.shape[axis], np.float64)
+    painted = np.zeros(error.shape[axis], bool)
     other = tuple(a for a in range(3) if a != axis)
-    scores = err.sum(axis=other, dtype=np.float64)
+    for z0 in range(0, error.shape[0], _SLAB):
+        err = np.asarray(error[z0:z0 + _SLAB], np.float32)
+        err[err < threshold] = 0.0
+        if scribbles is not None:
+            on = np.asarray(scribbles[z0:z0 + _SLAB]) > 0
+            err[on] = 0.0
+            part = on.any(axis=other)
+        sums = err.sum(axis=other, dtype=np.float64)
+        if axis == 0:
+            scores[z0:z0 + err.shape[0]] = sums
+            if scribbles is not None:
+                painted[z0:z0 + err.shape[0]] = part
+        else:
+            scores += sums
+            if scribbles is not None:
+                painted |= part
     if scribbles is not None and painted_weight != 1.0:
-        painted = (scribbles > 0).any(axis=other)
         scores[painted] *= painted_weight
     return scores
 
@@ -244,6 +280,21 @@ def _rank(error: np.ndarray, *, axis: int, scribbles: np.ndarray | None, top: in
         out.append(Suggestion(axis=axis, index=index, center=center, bbox=bbox,
                               score=float(scores[index]), region_score=mass, label=label))
     return out
+
+
+def _missed_map(probs: np.ndarray, labels: np.ndarray | None, c: int,
+                seen: np.ndarray | None, out: np.ndarray) -> None:
+    """Fill ``out`` (Z, Y, X) with the expected voxels of class ``c`` labelled otherwise:
+    ``p[c]`` normalised as in :func:`error_map` where the shown label (``labels``, or the
+    argmax) is not ``c``, 0 elsewhere and outside ``seen``; slab by slab."""
+    scale = 1.0 / (1.0 - 1.0 / probs.shape[0])
+    for z0 in range(0, out.shape[0], _SLAB):
+        p = np.asarray(probs[:, z0:z0 + _SLAB], np.float32)
+        shown = p.argmax(axis=0) if labels is None else np.asarray(labels[z0:z0 + _SLAB])
+        m = np.where(shown != c, np.clip(p[c] * scale, 0.0, 1.0), 0.0)
+        if seen is not None:
+            m *= seen[z0:z0 + _SLAB]
+        out[z0:z0 + _SLAB] = m
 
 
 def seed_scribbles(meta: dict | None, shape: tuple[int, int, int]) -> np.ndarray | None:
@@ -328,27 +379,23 @@ def suggest(probabilities: np.ndarray, *, scribbles: np.ndarray | None = None, t
     """
     r = Ranking.of(ranking, **options)
     probs, scr, lab = _check(probabilities, scribbles, labels, top, r.axis)
-    error = error_map(probs, lab)
+    error = error_map(probs, lab, dtype=_MAP_DTYPE)
     seen = None
     if r.stroke_connected:
         seen = reachable(error, probs, scr, r.reach_threshold)
     if r.signal == "entropy":
-        error = entropy_map(probs)
+        error = entropy_map(probs, dtype=_MAP_DTYPE)
     if seen is not None:
-        error[~seen] = 0.0
+        np.multiply(error, seen, out=error)
     rank_kw = {"axis": r.axis, "scribbles": scr, "top": top, "threshold": r.threshold,
                "painted_weight": r.painted_weight}
     if not r.per_class:
         out = _rank(error, **rank_kw)
     else:
-        shown = lab if lab is not None else probs.argmax(axis=0)
-        scale = 1.0 / (1.0 - 1.0 / probs.shape[0])
         out = []
+        missed = error  # reused: one map at a time
         for c in range(probs.shape[0]):
-            missed = np.where(shown != c, np.clip(np.asarray(probs[c], np.float32) * scale,
-                                                  0.0, 1.0), 0.0).astype(np.float32)
-            if seen is not None:
-                missed[~seen] = 0.0
+            _missed_map(probs, lab, c, seen, missed)
             out += _rank(missed, label=c, **rank_kw)
         out.sort(key=lambda sug: -sug.score)
     log.debug("suggestions along axis %d: %s", r.axis, [(s.index, round(s.score, 1)) for s in out])
