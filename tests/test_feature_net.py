@@ -196,7 +196,7 @@ def test_a_fine_tuned_model_remembers_its_strokes_for_segment_volume():
     the regions connected to the strokes (two-class tasks); other grids are left alone."""
     from napari_cnnseg.core.io import Volume
     from napari_cnnseg.core.pipeline import segment_volume
-    from napari_cnnseg.core.postprocess import apply_stroke_seeds, stroke_seeds
+    from napari_cnnseg.core.postprocess import applies_to, remembered_strokes, stroke_seeds
 
     img, lab, scr = _blob_task()
     rng = np.random.default_rng(5)
@@ -212,5 +212,40 @@ def test_a_fine_tuned_model_remembers_its_strokes_for_segment_volume():
     assert labels[6, 22, 66] == 0 and labels[6, 23, 25] == 1
     other = segment_volume(Volume(img[:, :40]), net).labels.array  # another grid: untouched
     np.testing.assert_array_equal(other, predict(img[:, :40], net, device="cpu").argmax(0))
-    three = apply_stroke_seeds(raw, {"stroke_seeds": stroke_seeds(scr)}, 3)
-    assert three is raw  # tissue maps with several classes keep every piece
+    meta = {"stroke_seeds": stroke_seeds(scr)}
+    back = remembered_strokes(meta, img.shape)  # a sample of the foreground strokes
+    assert set(np.unique(back[back > 0])) == {2} and (scr[back > 0] == back[back > 0]).all()
+    assert remembered_strokes(meta, (12, 40, 80)) is None
+    assert not applies_to(3)  # tissue maps with several classes keep every piece
+
+
+def test_an_ensemble_of_heads_is_the_mean_of_its_heads_and_round_trips(tmp_path):
+    sig = [[0, 1, 1], [0.5, 4, 4]]
+    ens = build_model("feature_net", num_classes=3, sigmas=sig, context_layers=0, heads=3,
+                      width=4)
+    img, lab, scr = _blob_task(2)
+    scr[6, 30:34, 5:9] = 3  # a third class
+    finetune(ens, img, scr, steps=20, **recommended_settings(True, ens))  # BN stats move too
+    ens.eval()
+    x = torch.randn(1, 1, 7, 30, 30)
+    with torch.no_grad():
+        feats = ens.features(x)
+        want = ens(x)
+        singles = []
+        for h in range(3):
+            one = build_model("feature_net", num_classes=3, sigmas=sig, context_layers=0,
+                              width=4).eval()
+            one.load_state_dict({k: t if t.ndim == 0 else t.reshape(3, -1, *t.shape[1:])[h]
+                                 for k, t in ens.state_dict().items()})
+            singles.append(one.head(feats))
+        points = ens.head_points(feats[0].reshape(feats.shape[1], -1).T)
+    torch.testing.assert_close(want, torch.stack(singles).mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(points.T.reshape(want.shape), want, atol=1e-5, rtol=1e-5)
+    save_model(tmp_path / "e", ens, class_names=["background", "a", "b"], new_task=True)
+    back = load_model(tmp_path / "e.safetensors")
+    assert back.get_config()["heads"] == 3
+    np.testing.assert_allclose(predict(img, back, device="cpu"), predict(img, ens, device="cpu"),
+                               atol=1e-6)
+    with pytest.raises(InputError, match="heads"):
+        build_model("feature_net", heads=2, context_layers=1)
+    assert interactive_config("feature_net", (1.0, 1.0, 1.0))["heads"] > 1  # the default

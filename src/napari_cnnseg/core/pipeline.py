@@ -157,11 +157,11 @@ def segment_volume(
         labels_out: (Z, Y, X) integer array-like to fill with the class indices.
         uncertainty_out: (Z, Y, X) float array-like to fill with the normalised entropy
             (needs ``uncertainty=True``).
-        postprocess: for a two-class model, set to background the regions of the structure
-            that touch none of its strokes (``core.postprocess``): those of ``strokes`` when
-            given, else those the model remembers from its last fine-tuning
-            (``meta["stroke_seeds"]``). For labels computed here or a numpy ``labels_out``
-            (in place; a lazy one, e.g. zarr, is left as predicted).
+        postprocess: for a two-class model, a graph cut on the probabilities (numpy ones)
+            with the strokes as hard constraints, then the regions of the structure that touch
+            none of its strokes set to background (``core.postprocess``): the strokes of
+            ``strokes``, else those the model remembers (``meta["stroke_seeds"]``). For labels
+            computed here or a numpy ``labels_out`` (in place; a lazy one is left as is).
         strokes: (Z, Y, X) int scribbles on the volume's grid (0 = unpainted, k = class k-1).
         **predict_kwargs: passed to :func:`~.inference.predict` (tile_shape, overlap,
             batch_size, device, precision, normalization, progress, cancel, ...).
@@ -194,7 +194,7 @@ def segment_volume(
     names = class_names_for(model, k)
     label_arr, unc_arr = _reduce(probs, labels_out, uncertainty_out, uncertainty)
     if postprocess and isinstance(label_arr, np.ndarray):
-        kept = _keep_stroke_components(label_arr, model, k, strokes)
+        kept = _postprocess(label_arr, probs, volume, model, k, strokes)
         if labels_out is None:
             label_arr = kept
         elif kept is not label_arr:  # a numpy labels_out is post-processed in place
@@ -207,14 +207,23 @@ def segment_volume(
     return SegmentationResult(labels=labels, probabilities=prob_vol, uncertainty=unc)
 
 
-def _keep_stroke_components(labels: np.ndarray, model: nn.Module, k: int,
-                            strokes: np.ndarray | None) -> np.ndarray:
-    """``core.postprocess`` with the given strokes, else the ones the model remembers."""
-    from .postprocess import applies_to, apply_stroke_seeds, keep_stroke_components
+def _postprocess(labels: np.ndarray, probs: Any, volume: Volume, model: nn.Module, k: int,
+                 strokes: np.ndarray | None) -> np.ndarray:
+    """``core.postprocess`` (graph cut, then stroke-connected components) with the given
+    strokes, else the ones the model remembers; ``labels`` itself when neither applies."""
+    from .postprocess import applies_to, graph_cut, keep_stroke_components, remembered_strokes
 
-    if strokes is None:
-        return apply_stroke_seeds(labels, getattr(model, "meta", None) or {}, k)
-    return keep_stroke_components(labels, strokes) if applies_to(k) else labels
+    if not applies_to(k):
+        return labels
+    remembered = strokes is None
+    if remembered:
+        strokes = remembered_strokes(getattr(model, "meta", None) or {}, labels.shape)
+        if strokes is None:
+            return labels
+    if isinstance(probs, np.ndarray) and isinstance(volume.array, np.ndarray):
+        labels = graph_cut(labels, probs[1], volume.array, strokes, volume.spacing)
+    # remembered strokes are a sample: constraints of the cut, then they only pick components
+    return keep_stroke_components(labels, strokes, honour_strokes=not remembered)
 
 
 def _reduce(probs: Any, labels_out: Any, uncertainty_out: Any, uncertainty: bool) -> tuple[Any, Any]:

@@ -9,13 +9,13 @@ learned before the strokes can be fitted; the learned part is small:
   features (the dense form of a patch classifier whose first layer is the filter bank);
 * ``context_layers`` valid 1x3x3 (thick slices) or 3x3x3 convolutions (``context_width``
   channels): neighbouring voxels' evidence, so regions come out compact;
-* a 1x1x1 head to ``num_classes`` logits.
+* a 1x1x1 head to ``num_classes`` logits; ``heads`` > 1: that many independent per-voxel heads
+  (grouped 1x1x1 layers) with their logits averaged, an ensemble steadier from round to round.
 
-Valid padding throughout: ``output = input - 2 * margin`` with margin = the filters' radius +
-the context convolutions', lattice (1, 1, 1), so tiling reproduces a one-pass prediction
-exactly. Training (``core.training``) computes the fixed features once per volume and trains
-the learned part on crops of them (:meth:`FeatureNet.head`), which makes a step cheap.
-Shapes are (Z, Y, X).
+Shapes are (Z, Y, X). Valid padding: ``output = input - 2 * margin`` (the filters' radius + the
+context convolutions'), lattice (1, 1, 1), so tiling reproduces a one-pass prediction exactly.
+Training (``core.training``) computes the fixed features once per volume and trains only the
+learned part on them (:meth:`FeatureNet.head`, :meth:`FeatureNet.head_points`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .base import SegNet, check_choice, check_int, conv_block
+from .base import SegNet, check_choice, check_int, conv_block, make_norm
 from .features import InputFeatures
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ class FeatureNet(SegNet):
         context_layers: number of valid context convolutions (>= 0).
         context_kernel: "inplane" (1x3x3, thick slices) or "3d" (3x3x3).
         norm: "batch" | "none" (both tile exactly).
+        heads: independent per-voxel heads averaged (needs ``context_layers=0`` when > 1).
     """
 
     arch_name = "feature_net"
@@ -75,6 +76,7 @@ class FeatureNet(SegNet):
         context_layers: int = 2,
         context_kernel: str = "inplane",
         norm: str = "batch",
+        heads: int = 1,
     ) -> None:
         super().__init__()
         check_int("in_channels", in_channels, 1)
@@ -85,6 +87,9 @@ class FeatureNet(SegNet):
         check_int("context_layers", context_layers, 0)
         check_choice("context_kernel", context_kernel, ("inplane", "3d"))
         check_choice("norm", norm, ("batch", "none"))
+        check_int("heads", heads, 1)
+        if heads > 1 and context_layers:
+            raise InputError("heads > 1 needs a per-voxel net (context_layers=0)")
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.features = InputFeatures(in_channels, sigmas or DEFAULT_SIGMAS, padding="valid")
@@ -93,17 +98,20 @@ class FeatureNet(SegNet):
             sigmas=[list(s) for s in self.features.sigmas], width=width,
             point_layers=point_layers, context_width=context_width,
             context_layers=context_layers, context_kernel=context_kernel, norm=norm,
+            heads=heads,
         )
         kernel = (1, 3, 3) if context_kernel == "inplane" else (3, 3, 3)
         layers: list[nn.Module] = []
         ch = self.features.out_channels
-        for _ in range(point_layers):
-            layers.append(conv_block(ch, width, (1, 1, 1), same=False, norm=norm))
-            ch = width
+        for i in range(point_layers):
+            layers.append(_grouped_block(ch, width * heads, heads if i else 1, norm))
+            ch = width * heads
         for _ in range(context_layers):
             layers.append(conv_block(ch, context_width, kernel, same=False, norm=norm))
             ch = context_width
-        layers.append(nn.Conv3d(ch, num_classes, 1))
+        layers.append(nn.Conv3d(ch, num_classes * heads, 1, groups=heads))
+        if heads > 1:
+            layers.append(MeanOfHeads(heads))
         self.learned = nn.Sequential(*layers)
         #: voxels the learned part loses per side (z, y, x)
         self.head_margin = tuple((k - 1) // 2 * context_layers for k in kernel)
@@ -112,11 +120,8 @@ class FeatureNet(SegNet):
         self.lattice = (1, 1, 1)
 
     @staticmethod
-    def _rule(margin: int):
-        def rule(size: int) -> int | None:
-            out = size - 2 * margin
-            return out if out >= 1 else None
-        return rule
+    def _rule(margin: int) -> Callable[[int], int | None]:
+        return lambda size: size - 2 * margin if size - 2 * margin >= 1 else None
 
     def describe(self) -> str:
         return "feature_net (valid padding)"
@@ -134,13 +139,14 @@ class FeatureNet(SegNet):
         if not is_per_voxel(self):
             raise InputError("head_points needs a per-voxel head (context_layers=0)")
         for mod in self.learned.modules():
-            if isinstance(mod, nn.Conv3d):
-                x = F.linear(x, mod.weight.reshape(mod.out_channels, -1), mod.bias)
+            if isinstance(mod, nn.Conv3d):  # grouped: one block-diagonal product (fastest)
+                w = mod.weight.reshape(mod.groups, mod.out_channels // mod.groups, -1)
+                x = F.linear(x, torch.block_diag(*w), mod.bias)
             elif isinstance(mod, nn.BatchNorm3d):
                 x = F.batch_norm(x, mod.running_mean, mod.running_var, mod.weight, mod.bias,
                                  mod.training, mod.momentum or 0.1, mod.eps)
-            elif isinstance(mod, nn.ReLU):
-                x = torch.relu(x)
+            elif isinstance(mod, (nn.ReLU, MeanOfHeads)):
+                x = mod(x)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -150,6 +156,22 @@ class FeatureNet(SegNet):
 
     def get_config(self) -> dict[str, Any]:
         return dict(self._config)
+
+
+class MeanOfHeads(nn.Module):
+    """(N, H*K, ...) -> (N, K, ...): the mean of H heads' logits."""
+    def __init__(self, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(1, (self.heads, -1)).mean(1)
+
+
+def _grouped_block(in_ch: int, out_ch: int, groups: int, norm: str) -> nn.Sequential:
+    """``conv_block`` 1x1x1 in ``groups`` independent groups (the same layout when 1)."""
+    conv = nn.Conv3d(in_ch, out_ch, 1, groups=groups, bias=(norm == "none"))
+    return nn.Sequential(conv, make_norm(norm, out_ch), nn.ReLU(inplace=True))
 
 
 def has_fixed_features(model: nn.Module) -> bool:

@@ -103,6 +103,9 @@ _INTERACTIVE: dict[str, dict[str, Any]] = {
 }
 #: the in-plane scales (voxels) of the fixed filters of a new task's ``feature_net``
 FEATURE_SCALES = (1.0, 2.0, 4.0, 8.0, 16.0)
+#: a new task's ``feature_net``: independent per-voxel heads averaged and their width (an
+#: ensemble steadier from round to round than one head of width 32; docs/training.md)
+FEATURE_HEADS, FEATURE_WIDTH = 4, 8
 #: the family a new task starts with (GUI "New ...", ``cnnseg finetune`` without ``-m``)
 NEW_TASK_FAMILY = "feature_net"
 
@@ -114,7 +117,8 @@ def interactive_config(name: str, spacing: tuple[float, float, float] | None = N
 
     ``feature_net`` with the image's ``spacing`` (z, y, x): fixed filters at
     :data:`FEATURE_SCALES` in-plane voxels and the same physical width along the other axes
-    (``features.scale_sigmas``), in-plane (1x3x3) context convolutions when z spacing >= 1.5x
+    (``features.scale_sigmas``), :data:`FEATURE_HEADS` per-voxel heads of :data:`FEATURE_WIDTH`
+    channels, in-plane (1x3x3) context convolutions when z spacing >= 1.5x
     the in-plane one, else 3x3x3. This is the net docs/training.md measured for a new
     structure. Explicit settings given by the caller take precedence over these.
     """
@@ -125,5 +129,6 @@ def interactive_config(name: str, spacing: tuple[float, float, float] | None = N
         sp = [float(v) for v in spacing]
         ratio = sp[0] / max(min(sp[1], sp[2]), 1e-9)
         return {"sigmas": scale_sigmas(sp, FEATURE_SCALES), "context_layers": 0,
+                "heads": FEATURE_HEADS, "width": FEATURE_WIDTH,
                 "context_kernel": "inplane" if ratio >= 1.5 else "3d"}
     return dict(_INTERACTIVE.get(name, {}))
