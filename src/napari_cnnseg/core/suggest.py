@@ -151,18 +151,21 @@ def error_map(probabilities: np.ndarray, labels: np.ndarray | None = None, *,
     ``K / (K - 1)``, where ``labels`` disagree with a confident model; clipped to 1). Built slab
     by slab into a new array of ``dtype`` (float32 by default).
     """
-    k = probabilities.shape[0]
     out = np.empty(probabilities.shape[1:], dtype)
-    scale = 1.0 / (1.0 - 1.0 / k)
     for z0 in range(0, out.shape[0], _SLAB):
-        p = np.asarray(probabilities[:, z0:z0 + _SLAB], np.float32)
-        if labels is None:
-            right = p.max(axis=0)
-        else:
-            lab = np.asarray(labels[z0:z0 + _SLAB], np.int64)
-            right = np.take_along_axis(p, lab[None], axis=0)[0]
-        out[z0:z0 + _SLAB] = np.clip((1.0 - right) * scale, 0.0, 1.0)
+        out[z0:z0 + _SLAB] = _error_slab(probabilities, labels, z0)
     return out
+
+
+def _error_slab(probabilities: np.ndarray, labels: np.ndarray | None, z0: int) -> np.ndarray:
+    """:func:`error_map` of the slab ``z0 : z0 + _SLAB``, float32."""
+    p = np.asarray(probabilities[:, z0:z0 + _SLAB], np.float32)
+    if labels is None:
+        right = p.max(axis=0)
+    else:
+        lab = np.asarray(labels[z0:z0 + _SLAB], np.int64)
+        right = np.take_along_axis(p, lab[None], axis=0)[0]
+    return np.clip((1.0 - right) / (1.0 - 1.0 / p.shape[0]), 0.0, 1.0)
 
 
 def entropy_map(probabilities: np.ndarray, *, dtype: Any = np.float32) -> np.ndarray:
@@ -175,16 +178,16 @@ def entropy_map(probabilities: np.ndarray, *, dtype: Any = np.float32) -> np.nda
     return out
 
 
-def reachable(error: np.ndarray, probabilities: np.ndarray, scribbles: np.ndarray,
+def reachable(probabilities: np.ndarray, labels: np.ndarray | None, scribbles: np.ndarray,
               threshold: float) -> np.ndarray | None:
     """Voxels whose error the user would see under the stroke-connected filter, or None.
 
     With one structure on a background (K = 2) the label map keeps only the foreground
     components that touch a foreground stroke (``core.postprocess``): an unsure voxel far from
     them could flip to foreground and still not be shown. The voxels that can be shown are the
-    3D components (26-connectivity) of "foreground or unsure" (argmax 1, or error >= threshold)
-    that touch a foreground stroke. None when the filter does not apply (K != 2, no
-    foreground stroke): then every voxel counts.
+    3D components (26-connectivity) of "foreground or unsure" (argmax 1, or
+    :func:`error_map` of ``labels`` >= threshold) that touch a foreground stroke. None when the
+    filter does not apply (K != 2, no foreground stroke): then every voxel counts.
 
     Memory: one bool map (reused for the answer) and one component map (uint16 when the count
     fits) besides the inputs; strokes are looked up by their flat indices.
@@ -198,9 +201,9 @@ def reachable(error: np.ndarray, probabilities: np.ndarray, scribbles: np.ndarra
                               for z0 in range(0, scribbles.shape[0], _SLAB)])
     if not strokes.size:
         return None
-    maybe = np.empty(error.shape, bool)
-    for z0 in range(0, error.shape[0], _SLAB):
-        e = error[z0:z0 + _SLAB]
+    maybe = np.empty(scribbles.shape, bool)
+    for z0 in range(0, scribbles.shape[0], _SLAB):
+        e = _error_slab(probabilities, labels, z0)
         unsure = (e >= threshold) if threshold > 0 else (e > 0)
         maybe[z0:z0 + _SLAB] = unsure | (probabilities[1, z0:z0 + _SLAB]
                                          > probabilities[0, z0:z0 + _SLAB])
@@ -208,7 +211,8 @@ def reachable(error: np.ndarray, probabilities: np.ndarray, scribbles: np.ndarra
     keep = np.zeros(n + 1, bool)
     keep[comp.reshape(-1)[strokes]] = True
     keep[0] = False
-    np.take(keep, comp, out=maybe)
+    for z0 in range(0, comp.shape[0], _SLAB):  # (np.take would copy comp as int64: 8 B/voxel)
+        maybe[z0:z0 + _SLAB] = keep[comp[z0:z0 + _SLAB]]
     return maybe
 
 
@@ -379,12 +383,11 @@ def suggest(probabilities: np.ndarray, *, scribbles: np.ndarray | None = None, t
     """
     r = Ranking.of(ranking, **options)
     probs, scr, lab = _check(probabilities, scribbles, labels, top, r.axis)
-    error = error_map(probs, lab, dtype=_MAP_DTYPE)
-    seen = None
-    if r.stroke_connected:
-        seen = reachable(error, probs, scr, r.reach_threshold)
+    seen = reachable(probs, lab, scr, r.reach_threshold) if r.stroke_connected else None
     if r.signal == "entropy":
         error = entropy_map(probs, dtype=_MAP_DTYPE)
+    else:
+        error = error_map(probs, lab, dtype=_MAP_DTYPE)
     if seen is not None:
         np.multiply(error, seen, out=error)
     rank_kw = {"axis": r.axis, "scribbles": scr, "top": top, "threshold": r.threshold,
