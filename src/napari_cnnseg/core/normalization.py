@@ -93,7 +93,7 @@ def apply_stats(block: np.ndarray, stats: list[tuple[float, float]]) -> np.ndarr
     Returns:
         float32 array of the same shape.
     """
-    out = np.asarray(block, dtype=np.float32).copy()
+    out = np.array(block, dtype=np.float32)  # one new float32 array (asarray + copy made two)
     if out.ndim == 3:
         offset, scale = stats[0]
         out -= offset

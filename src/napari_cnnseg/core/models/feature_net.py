@@ -440,10 +440,11 @@ def predict_features(model: FeatureNet, feats: np.ndarray | PooledFeatures,
     with torch.inference_mode():
         for a, block in slabs:
             check_cancel(cancel, "prediction")
-            flat = np.ascontiguousarray(block.reshape(block.shape[0], -1).T, dtype=np.float32)
-            probs = np.empty((k, flat.shape[0]), np.float32)
-            for b in range(0, flat.shape[0], HEAD_POINTS):
-                x = torch.from_numpy(flat[b:b + HEAD_POINTS]).to(device)
+            cols = block.reshape(block.shape[0], -1)  # (F, V); points transposed chunk by chunk
+            probs = np.empty((k, cols.shape[1]), np.float32)
+            for b in range(0, cols.shape[1], HEAD_POINTS):
+                chunk = np.ascontiguousarray(cols[:, b:b + HEAD_POINTS].T, dtype=np.float32)
+                x = torch.from_numpy(chunk).to(device)
                 probs[:, b:b + HEAD_POINTS] = torch.softmax(model.head_points(x).float(), 1).T.cpu().numpy()
             out[:, a - z0:a - z0 + block.shape[1]] = probs.reshape(k, *block.shape[1:])
     return out
