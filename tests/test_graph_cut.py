@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("maxflow")
 
-from napari_cnnseg.core.postprocess import graph_cut  # noqa: E402
+from napari_cnnseg.core.postprocess import graph_cut, keep_stroke_components  # noqa: E402
 
 
 def _cube(shape=(12, 40, 40)):
@@ -68,6 +68,12 @@ def test_only_the_box_around_structure_and_strokes_is_cut(caplog):
         same = graph_cut(labels, p, image, np.zeros_like(truth), max_voxels=1000)
     np.testing.assert_array_equal(same, labels)
     assert "graph cut skipped" in caplog.text
+    far_bg = np.zeros_like(truth)
+    far_bg[6, 75:78, 75:78] = 1  # background strokes far away do not widen the box
+    p = np.where(truth == 1, 0.9, 0.1).astype(np.float32)
+    p[:, 10:30, 28:30] = 0.55  # an unsure rim past the cube's face, cut along the image edge
+    cut = graph_cut((p > 0.5).astype(np.uint8), p, image, far_bg, max_voxels=12 * 40 * 40)
+    assert (cut[:, 10:30, 28:30] == 0).all()
     empty = np.zeros_like(truth)
     np.testing.assert_array_equal(graph_cut(empty, p * 0, image, empty), empty)
 
@@ -95,9 +101,11 @@ def test_segment_volume_cuts_the_probabilities_with_the_strokes():
     finetune(net, img, scr, steps=60, **recommended_settings(True, net))
     res = segment_volume(Volume(img), net, strokes=scr)
     probs = res.probabilities.array
-    expect = graph_cut(probs.argmax(0).astype(np.uint8), probs[1], img, scr)
+    kept = keep_stroke_components(probs.argmax(0).astype(np.uint8), scr)
+    expect = keep_stroke_components(graph_cut(kept, probs[1], img, scr), scr)
     got = res.labels.array
-    assert ((got == 1) <= (expect == 1)).all()  # components then only remove regions
+    np.testing.assert_array_equal(got, expect)
+    assert (got != kept).any()  # the cut changed something
     assert (got[scr == 2] == 1).all() and (got[scr == 1] == 0).all()
     plain = segment_volume(Volume(img), net, strokes=scr, postprocess=False).labels.array
     np.testing.assert_array_equal(plain, probs.argmax(0))

@@ -209,8 +209,9 @@ def segment_volume(
 
 def _postprocess(labels: np.ndarray, probs: Any, volume: Volume, model: nn.Module, k: int,
                  strokes: np.ndarray | None) -> np.ndarray:
-    """``core.postprocess`` (graph cut, then stroke-connected components) with the given
-    strokes, else the ones the model remembers; ``labels`` itself when neither applies."""
+    """``core.postprocess`` (stroke-connected components, a graph cut in their box, the
+    components again) with the given strokes, else the ones the model remembers; ``labels``
+    itself when neither applies."""
     from .postprocess import applies_to, graph_cut, keep_stroke_components, remembered_strokes
 
     if not applies_to(k):
@@ -220,10 +221,13 @@ def _postprocess(labels: np.ndarray, probs: Any, volume: Volume, model: nn.Modul
         strokes = remembered_strokes(getattr(model, "meta", None) or {}, labels.shape)
         if strokes is None:
             return labels
+    # remembered strokes are a sample: they pick components (and are the cut's constraints)
+    labels = keep_stroke_components(labels, strokes, honour_strokes=not remembered)
     if isinstance(probs, np.ndarray) and isinstance(volume.array, np.ndarray):
+        # the cut's box is the kept structure's: look-alikes far away would make it the scan
         labels = graph_cut(labels, probs[1], volume.array, strokes, volume.spacing)
-    # remembered strokes are a sample: constraints of the cut, then they only pick components
-    return keep_stroke_components(labels, strokes, honour_strokes=not remembered)
+        labels = keep_stroke_components(labels, strokes, honour_strokes=False)
+    return labels
 
 
 def _reduce(probs: Any, labels_out: Any, uncertainty_out: Any, uncertainty: bool) -> tuple[Any, Any]:

@@ -109,7 +109,7 @@ def remembered_strokes(meta: dict, shape: tuple[int, ...]) -> np.ndarray | None:
     return scr
 
 
-#: graph cut: above this many voxels in its box (structure + strokes + margin) the label map is
+#: graph cut: above this many voxels in its box (structure + its strokes + margin) the map is
 #: left as predicted, with a log line (PyMaxflow's 6-connected grid graph and this function's
 #: temporaries take ~280 bytes per voxel: ~1.1 GB here)
 GRAPH_CUT_MAX_VOXELS = 4_000_000
@@ -129,7 +129,9 @@ def graph_cut(labels: np.ndarray, foreground: np.ndarray, image: np.ndarray,
     different labels, ``smoothness * exp(-beta * dI^2) / distance`` (Boykov-Jolly: a cut is
     cheap along image edges; beta = 1 / (2 mean dI^2) over the box, so no intensity scale is
     assumed). Painted voxels are hard constraints (their painted class). Only the bounding box
-    of the predicted structure and the strokes, grown by ``margin``, is cut.
+    of the predicted structure and the foreground strokes, grown by ``margin``, is cut (pass
+    the stroke-connected structure, :func:`keep_stroke_components`: far look-alikes would make
+    the box the whole scan).
 
     Args:
         labels: 0/1 label map (Z, Y, X) as predicted (argmax).
@@ -185,9 +187,9 @@ def graph_cut(labels: np.ndarray, foreground: np.ndarray, image: np.ndarray,
 
 def _cut_box(labels: np.ndarray, scribbles: np.ndarray, spacing: Any, margin: int
              ) -> tuple[slice, ...] | None:
-    """Bounding box (3 slices) of the foreground and the strokes, grown by ``margin``."""
+    """Bounding box (3 slices) of the foreground and its strokes, grown by ``margin``."""
     mask = labels > 0
-    mask |= scribbles > 0
+    mask |= scribbles > 1
     lo, hi = [], []
     for axis in range(3):
         hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
