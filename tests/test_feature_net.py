@@ -249,3 +249,32 @@ def test_an_ensemble_of_heads_is_the_mean_of_its_heads_and_round_trips(tmp_path)
     with pytest.raises(InputError, match="heads"):
         build_model("feature_net", heads=2, context_layers=1)
     assert interactive_config("feature_net", (1.0, 1.0, 1.0))["heads"] > 1  # the default
+
+
+def test_a_tissue_maps_rare_painted_class_is_weighted_by_how_much_was_painted():
+    """Balanced classes let a handful of painted voxels claim as much as a large painted class;
+    with more than two painted classes the terms follow the painted counts ** 0.5."""
+    import torch
+
+    from napari_cnnseg.core.pointwise_training import (
+        CLASS_WEIGHT_POWER,
+        PointwiseSampler,
+        pointwise_loss,
+    )
+
+    scr = np.zeros((4, 20, 20), np.int64)
+    scr[0, :10] = 1
+    scr[1, :10, :4] = 2
+    scr[2, :1, :4] = 3  # 4 voxels
+    feats = np.zeros((2, 4, 20, 20), np.float32)
+    sampler = PointwiseSampler(feats, scr, 0)
+    assert sampler.class_weights[3] == pytest.approx(4.0 ** CLASS_WEIGHT_POWER)
+    assert sampler.class_weights[1] == pytest.approx(200.0 ** CLASS_WEIGHT_POWER)
+    two = PointwiseSampler(feats, np.where(scr == 3, 0, scr), 0)
+    assert set(two.class_weights.values()) == {1.0}  # one structure on a background: balanced
+    logits = torch.zeros(3, 3)
+    logits[0, 0] = logits[1, 1] = 5.0  # classes 1 and 2 right, class 3 wrong
+    target = torch.tensor([1, 2, 3])
+    balanced = pointwise_loss(logits, target, 0.0)
+    weighted = pointwise_loss(logits, target, 0.0, sampler.class_weights)
+    assert weighted < balanced  # the rare class's error counts less
