@@ -38,6 +38,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "reach 0.2": {"reach_threshold": 0.2},
     "reach 0.4": {"reach_threshold": 0.4},
     "reach 0.8": {"reach_threshold": 0.8},
+    "near 0 (no limit around the shown structure)": {"near": 0},
+    "near 1": {"near": 1},
+    "near 4": {"near": 4},
     "painted slices weight 1": {"painted_weight": 1.0},
     "painted slices weight 0.25": {"painted_weight": 0.25},
 }

@@ -99,6 +99,26 @@ def test_two_classes_only_errors_the_stroke_connected_map_can_show_count():
     assert suggest(three, scribbles=scr, top=1)[0].index == 2
 
 
+def test_with_a_label_map_only_errors_near_the_shown_structure_count():
+    """K = 2, a label map that shows less than the argmax (a graph cut left unsure tissue that
+    touches the structure out): errors count within ``near`` voxels of the shown structure."""
+    p = confident()
+    p[0, 5:8, 20:26, 20:26], p[1, 5:8, 20:26, 20:26] = 0.05, 0.95  # the structure
+    blur_box(p, 6, slice(26, 28), slice(20, 26), 0.55)  # its unsure border
+    for z in (1, 2, 3, 4):  # unsure tissue touching it (26-connected), far from what is shown
+        blur_box(p, z, slice(0, 32), slice(0, 16), 0.55)
+        p[:, z, 19:21, 15:21] = p[:, 6, 26:28, 20:26].mean(axis=(1, 2))[:, None, None]
+    scr = np.zeros(p.shape[1:], np.int64)
+    scr[5, 22, 22] = 2
+    labels = np.zeros(p.shape[1:], np.uint8)
+    labels[5:8, 20:26, 20:26] = 1  # what the cut shows
+    assert suggest(p, scribbles=scr, labels=labels, top=1, near=0)[0].index != 6
+    ranked = suggest(p, scribbles=scr, labels=labels, top=1)  # default near = 2
+    assert ranked[0].index == 6 and 26 <= ranked[0].center[0] < 28
+    with pytest.raises(InputError, match="near"):
+        suggest(p, scribbles=scr, labels=labels, near=-1)
+
+
 def test_seed_scribbles_from_a_model_meta():
     from napari_cnnseg.core.suggest import seed_scribbles
 

@@ -109,16 +109,12 @@ def run(args: argparse.Namespace) -> int:
     k = network_spec(model).num_classes
     scribbles = _read_scribbles(args.scribbles, volume, k) if args.scribbles else None
     bar = None if args.quiet else ProgressBar(Path(args.image).name)
+    # with the strokes: the label map the dock shows after fine-tuning on them (graph cut and
+    # stroke-connected components for one structure); without: the model's remembered strokes
     result = segment_volume(volume, model, uncertainty=False, device=args.device,
-                            precision=args.precision, progress=bar)
+                            precision=args.precision, progress=bar, strokes=scribbles)
     probs = np.asarray(result.probabilities.array)
     labels = np.asarray(result.labels.array)
-    if scribbles is not None:
-        from ..core.postprocess import applies_to, keep_stroke_components
-
-        if applies_to(probs.shape[0]):  # what the dock shows after fine-tuning on them
-            labels = keep_stroke_components(np.argmax(probs, axis=0).astype(labels.dtype),
-                                            scribbles)
     if scribbles is None:  # the strokes a fine-tuned model remembers: what the dock knew
         scribbles = seed_scribbles(getattr(model, "meta", None), labels.shape)
     ranked = suggest(probs, scribbles=scribbles, top=args.top, labels=labels,
