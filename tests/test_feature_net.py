@@ -278,3 +278,25 @@ def test_a_tissue_maps_rare_painted_class_is_weighted_by_how_much_was_painted():
     balanced = pointwise_loss(logits, target, 0.0)
     weighted = pointwise_loss(logits, target, 0.0, sampler.class_weights)
     assert weighted < balanced  # the rare class's error counts less
+
+
+def test_a_tissue_map_gets_wider_heads_and_one_structure_keeps_the_measured_ones():
+    from napari_cnnseg._model_info import build_new_model
+    from napari_cnnseg.cli.finetune import _load_model
+    from napari_cnnseg.core.models.registry import (
+        FEATURE_HEADS,
+        FEATURE_WIDTH,
+        TISSUE_MAP_WIDTH,
+    )
+
+    sp = (1.0, 1.0, 1.0)
+    assert TISSUE_MAP_WIDTH > FEATURE_WIDTH
+    for k, width in ((2, FEATURE_WIDTH), (3, TISSUE_MAP_WIDTH), (7, TISSUE_MAP_WIDTH)):
+        assert interactive_config("feature_net", sp, k)["width"] == width
+        dock = build_new_model("feature_net", num_classes=k, spacing=sp).get_config()  # Session
+        cli, _ = _load_model(None, k, 1, sp)  # cnnseg finetune without -m: classes of the strokes
+        for cfg in (dock, cli.get_config()):
+            assert (cfg["heads"], cfg["width"], cfg["num_classes"]) == (FEATURE_HEADS, width, k)
+    assert interactive_config("feature_net", sp)["width"] == FEATURE_WIDTH  # classes unknown
+    explicit = build_new_model("feature_net", num_classes=5, spacing=sp, width=4)
+    assert explicit.get_config()["width"] == 4  # the caller's setting wins

@@ -108,7 +108,7 @@ def build_new_model(family: str, class_names: list[str] | None = None, *,
     class_names = [str(n).strip() or f"class {i}" for i, n in enumerate(class_names)]
     if len(class_names) < 2:
         raise InputError("a segmentation model needs at least 2 classes (background + one)")
-    config = {**interactive_config(family, spacing), **config}
+    config = {**interactive_config(family, spacing, len(class_names)), **config}
     model = build_model(family, in_channels=int(in_channels), num_classes=len(class_names),
                         **config)
     model.meta = {**(getattr(model, "meta", None) or {}), "class_names": list(class_names),

@@ -173,8 +173,9 @@ def _load_model(spec: str | None, num_classes: int, in_channels: int, spacing):
               and not Path(spec).exists()):
         model = resolve_model(spec)
         return model, started_new(model)
-    model = build_model(spec, in_channels=in_channels, num_classes=max(2, num_classes),
-                        **interactive_config(spec, spacing))
+    num_classes = max(2, num_classes)
+    model = build_model(spec, in_channels=in_channels, num_classes=num_classes,
+                        **interactive_config(spec, spacing, num_classes))
     model.meta = {**(getattr(model, "meta", None) or {}), "new_task": True}
     return model, True
 
