@@ -13,7 +13,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from qtpy.QtWidgets import QBoxLayout, QWidget
+from qtpy.QtCore import QSize, Qt
+from qtpy.QtWidgets import QBoxLayout, QFrame, QScrollArea, QStyle, QVBoxLayout, QWidget
 
 from ..core.errors import Cancelled, InputError
 from . import _worker
@@ -40,6 +41,44 @@ class JobDock(QWidget):
         self.ctrl = controller_for(napari_viewer)
         self.last_error: str | None = None
         self.listen(self.ctrl.busy_changed, self.update_buttons)
+
+    def body_layout(self) -> QVBoxLayout:
+        """The layout the dock's controls go in (``self.body``), inside a frameless scroll area.
+
+        napari lets a dock be squeezed to 50 px when several share a side of the window, and a
+        layout squeezed below its minimum overlaps its widgets (the Fine-tune dock's buttons
+        came out cut in half under the Segment dock at 1280 x 1000); scrolling keeps every
+        control whole.
+        """
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        scroll = QScrollArea(self)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.body = QWidget()
+        scroll.setWidget(self.body)
+        outer.addWidget(scroll)
+        return QVBoxLayout(self.body)
+
+    def _with_scrollbar(self, hint: QSize, height: int) -> QSize:
+        bar = self.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent)
+        return QSize(hint.width() + bar + 2, height)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        """The controls' own size (plus a scroll bar's width): the dock opens as wide as
+        before the scroll area, which alone would hint a narrow widget."""
+        body = getattr(self, "body", None)
+        if body is None:
+            return super().sizeHint()
+        return self._with_scrollbar(body.sizeHint(), body.sizeHint().height())
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        """As narrow as the controls allow, as short as napari wants (the body scrolls)."""
+        body = getattr(self, "body", None)
+        if body is None:
+            return super().minimumSizeHint()
+        return self._with_scrollbar(body.minimumSizeHint(), 80)
 
     # ---------------------------------------------------------------- lifetime
     def alive(self) -> bool:

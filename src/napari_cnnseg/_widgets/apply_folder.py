@@ -162,7 +162,7 @@ def add_apply_folder(segment_widget: Any) -> ApplyFolderPanel:
     if isinstance(panel, ApplyFolderPanel):
         return panel
     panel = ApplyFolderPanel(segment_widget)
-    layout = segment_widget.layout()
+    layout = getattr(segment_widget, "body", segment_widget).layout()  # inside the scroll area
     last = layout.itemAt(layout.count() - 1) if layout is not None and layout.count() else None
     if last is not None and last.spacerItem() is not None:
         layout.insertWidget(layout.count() - 1, panel)

@@ -36,7 +36,6 @@ from qtpy.QtWidgets import (
     QLayout,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -116,7 +115,7 @@ class FinetuneWidget(LiveMixin, ScribblesMixin, JobDock):
 
     # ---------------------------------------------------------------- layout
     def _build(self) -> None:
-        root = QVBoxLayout(self)
+        root = self.body_layout()
         # never squeeze the rows below their size hint (napari's stylesheet makes them taller)
         root.setSizeConstraint(QLayout.SizeConstraint.SetMinimumSize)
         self.info = QLabel("Choose an image and a model in the Segment dock.")

@@ -31,7 +31,6 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QSizePolicy,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -82,7 +81,7 @@ class SegmentWidget(ModelPicker, JobDock):
 
     # ---------------------------------------------------------------- layout
     def _build(self) -> None:
-        root = QVBoxLayout(self)
+        root = self.body_layout()
         # never squeeze the rows below their size hint (napari's stylesheet makes them taller)
         root.setSizeConstraint(QLayout.SizeConstraint.SetMinimumSize)
         form = QFormLayout()
