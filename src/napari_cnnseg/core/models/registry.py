@@ -106,8 +106,8 @@ FEATURE_SCALES = (1.0, 2.0, 4.0, 8.0, 16.0)
 #: a new task's ``feature_net``: independent per-voxel heads averaged and their width (an
 #: ensemble steadier from round to round than one head of width 32; docs/training.md)
 FEATURE_HEADS, FEATURE_WIDTH = 4, 8
-#: the widest head for a tissue map: more than two classes are several intensity bands to tell
-#: apart, and width 8 fell 0.028 Dice short of the RF on a 7-class map (docs/training.md)
+#: the heads' width for a tissue map (more than two classes: several intensity bands to tell
+#: apart; width 8 fell 0.028 Dice short of the RF on a 7-class map; docs/training.md)
 TISSUE_MAP_WIDTH = 32
 #: the family a new task starts with (GUI "New ...", ``cnnseg finetune`` without ``-m``)
 NEW_TASK_FAMILY = "feature_net"
@@ -121,8 +121,8 @@ def interactive_config(name: str, spacing: tuple[float, float, float] | None = N
     ``feature_net`` with the image's ``spacing`` (z, y, x): fixed filters at
     :data:`FEATURE_SCALES` in-plane voxels and the same physical width along the other axes
     (``features.scale_sigmas``), :data:`FEATURE_HEADS` per-voxel heads of :data:`FEATURE_WIDTH`
-    channels per boundary between classes (``num_classes - 1``; ``None``: one structure on a
-    background) up to :data:`TISSUE_MAP_WIDTH` (:func:`feature_width`), in-plane (1x3x3)
+    channels, :data:`TISSUE_MAP_WIDTH` for a tissue map (``num_classes`` > 2; ``None``: one
+    structure on a background; :func:`feature_width`), in-plane (1x3x3)
     context convolutions when z spacing >= 1.5x the in-plane one, else 3x3x3. This is the net
     docs/training.md measured for a new structure. Explicit settings given by the caller take
     precedence over these.
@@ -141,7 +141,6 @@ def interactive_config(name: str, spacing: tuple[float, float, float] | None = N
 
 def feature_width(num_classes: int | None) -> int:
     """Width of each head of a new task's ``feature_net`` for ``num_classes`` classes:
-    :data:`FEATURE_WIDTH` per boundary between classes, at most :data:`TISSUE_MAP_WIDTH`; two
-    classes (or unknown) keep :data:`FEATURE_WIDTH`, the net measured on the lesions."""
-    bands = max(int(num_classes or 2), 2) - 1
-    return min(FEATURE_WIDTH * bands, TISSUE_MAP_WIDTH)
+    :data:`TISSUE_MAP_WIDTH` for more than two (a tissue map; width 16 fell short of the RF on
+    a 3- and a 7-class map), else :data:`FEATURE_WIDTH` (the net measured on the lesions)."""
+    return TISSUE_MAP_WIDTH if int(num_classes or 2) > 2 else FEATURE_WIDTH
