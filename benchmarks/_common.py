@@ -79,15 +79,23 @@ def measure_conv_peak_gflops(dtype: torch.dtype = torch.float32, seconds: float 
     return flops / best / 1e9
 
 
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MB (``VmHWM`` from /proc; ru_maxrss elsewhere)."""
+def status_mb(key: str) -> float:
+    """A memory field of /proc/self/status (``VmHWM``, ``VmRSS``, ...) in MB; 0 without /proc."""
     try:
         with open("/proc/self/status", encoding="ascii") as fh:
             for line in fh:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
+    return 0.0
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MB (``VmHWM`` from /proc; ru_maxrss elsewhere)."""
+    peak = status_mb("VmHWM")
+    if peak:
+        return peak
     import resource
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -24,7 +24,7 @@ from scipy import ndimage
 def _body_voxel(image: np.ndarray, margin: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     body = image > np.percentile(image, 30)
     inner = np.zeros_like(body)
-    sl = tuple(slice(int(m), max(int(m) + 1, s - int(m))) for m, s in zip(margin, image.shape))
+    sl = tuple(slice(int(m), max(int(m) + 1, s - int(m))) for m, s in zip(margin, image.shape, strict=True))
     inner[sl] = body[sl]
     pts = np.argwhere(inner if inner.any() else body)
     return pts[rng.integers(len(pts))]
@@ -42,9 +42,9 @@ def insert_lesion(image: np.ndarray, spacing: tuple[float, float, float], *, see
     half = np.ceil(1.6 * radius).astype(int) + 2
     lo = np.maximum(centre - half, 0)
     hi = np.minimum(centre + half + 1, img.shape)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-    grids = np.meshgrid(*[np.arange(a, b) - c for a, b, c in zip(lo, hi, centre)], indexing="ij")
-    r = np.sqrt(sum((g / rad) ** 2 for g, rad in zip(grids, radius)))
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    grids = np.meshgrid(*[np.arange(a, b) - c for a, b, c in zip(lo, hi, centre, strict=True)], indexing="ij")
+    r = np.sqrt(sum((g / rad) ** 2 for g, rad in zip(grids, radius, strict=True)))
     lumps = ndimage.gaussian_filter(rng.standard_normal(r.shape), sigma=np.maximum(radius / 2, 0.5))
     lumps /= max(float(np.abs(lumps).max()), 1e-6)
     alpha = np.clip((1.0 + 0.3 * lumps - r) / 0.25 + 0.5, 0.0, 1.0)  # soft edge (partial volume)

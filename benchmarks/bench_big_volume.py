@@ -39,14 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def vm_mb(key: str) -> float:
     """``VmHWM`` / ``VmRSS`` of this process in MB (0 where /proc is missing)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return 0.0
+    from _common import status_mb
+
+    return status_mb(key)
 
 
 class Stages:

@@ -19,6 +19,11 @@ import logging
 import sys
 import threading
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import status_mb  # noqa: E402
 
 log = logging.getLogger("memory_probe")
 
@@ -51,14 +56,7 @@ _depth = [0]
 
 def rss_mb() -> float:
     """Resident set size of this process in MB (0 where /proc is missing)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return 0.0
+    return status_mb("VmRSS")
 
 
 def _sample() -> None:

@@ -90,11 +90,11 @@ def test_a_multichannel_image_uses_every_channel():
 
 def test_segment_volume_cuts_the_probabilities_with_the_strokes():
     """The session's refresh path: a two-class model's labels are the graph cut's."""
+    from test_feature_net import _blob_task, _net
+
     from napari_cnnseg.core.io import Volume
     from napari_cnnseg.core.pipeline import segment_volume
     from napari_cnnseg.core.training import finetune, recommended_settings
-
-    from test_feature_net import _blob_task, _net
 
     img, lab, scr = _blob_task()
     net = _net()
