@@ -36,12 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def vm_mb(key: str) -> float:
-    """``VmHWM`` / ``VmRSS`` of this process in MB (0 where /proc is missing)."""
-    from _common import status_mb
-
-    return status_mb(key)
+from _common import status_mb  # noqa: E402  (VmHWM / VmRSS in MB)
 
 
 class Stages:
@@ -54,7 +49,7 @@ class Stages:
 
     def peak(self) -> float:
         """Peak RSS of the whole run: the highest VmHWM seen, before and after every reset."""
-        return max([self.seen, vm_mb("VmHWM")] + [r["peak_mb"] for r in self.rows])
+        return max([self.seen, status_mb("VmHWM")] + [r["peak_mb"] for r in self.rows])
 
     @staticmethod
     def _reset_peak() -> bool:
@@ -66,14 +61,14 @@ class Stages:
             return False
 
     def begin(self, name: str) -> None:
-        self.seen = max(self.seen, vm_mb("VmHWM"))
+        self.seen = max(self.seen, status_mb("VmHWM"))
         self._reset_peak()
-        self._start = (name, vm_mb("VmRSS"), time.perf_counter())
+        self._start = (name, status_mb("VmRSS"), time.perf_counter())
 
     def end(self) -> None:
         name, before, t0 = self._start  # type: ignore[misc]
-        self.rows.append({"stage": name, "rss_before_mb": round(before), "peak_mb": round(vm_mb("VmHWM")),
-                          "rss_after_mb": round(vm_mb("VmRSS")), "seconds": round(time.perf_counter() - t0, 1)})
+        self.rows.append({"stage": name, "rss_before_mb": round(before), "peak_mb": round(status_mb("VmHWM")),
+                          "rss_after_mb": round(status_mb("VmRSS")), "seconds": round(time.perf_counter() - t0, 1)})
 
 
 def synthetic_ct(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
@@ -121,7 +116,7 @@ def run_dock(ct: np.ndarray, steps: int, classes: list[str], device: str, family
     viewer = napari.Viewer(show=False)
     _, seg = viewer.window.add_plugin_dock_widget("napari-cnnseg", "Segment")
     _, fin = viewer.window.add_plugin_dock_widget("napari-cnnseg", "Fine-tune")
-    baseline = vm_mb("VmRSS")
+    baseline = status_mb("VmRSS")
     stages.begin("open")
     layer = viewer.add_image(ct, name="ct")
     seg.set_image_layer(layer)
@@ -150,7 +145,7 @@ def run_session(ct: np.ndarray, steps: int, classes: list[str], device: str, fam
     from napari_cnnseg._session import Session
     from napari_cnnseg.core.io import Volume
 
-    baseline = vm_mb("VmRSS")
+    baseline = status_mb("VmRSS")
     s = Session(autosave_folder=os.environ.get("TMPDIR", "/tmp") + "/bench_big_volume_autosave")
     stages.begin("open")
     s.set_image(Volume(ct), name="ct")

@@ -7,8 +7,9 @@ whole volume, and runs the learned 1x1x1 layers on their feature vectors. Unpain
 among the random ones are background targets weighted by ``prior_weight`` relative to the
 painted term (as ``scribble_loss`` does for crops), so the net says "foreground" only where
 the features look like painted foreground. The painted classes are balanced for one structure
-on a background and weighted by :data:`CLASS_WEIGHT_POWER` in a tissue map. A step costs milliseconds on a CPU, so a round
-converges in a few seconds instead of using a few dozen crop steps. The learning rate decays
+on a background and weighted by :data:`CLASS_WEIGHT_POWER` in a tissue map. A step costs
+milliseconds on a CPU, so a round converges in a few seconds instead of using a few dozen crop
+steps. The learning rate decays
 linearly over a round (:data:`FINAL_LR_FRACTION`), the same in every round.
 
 Shapes: features (F, Z, Y, X) float32, scribbles (Z, Y, X) int (0 = unlabelled, k = class k-1).

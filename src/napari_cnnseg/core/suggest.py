@@ -328,17 +328,13 @@ def _missed_map(probs: np.ndarray, labels: np.ndarray | None, c: int,
 
 
 def seed_scribbles(meta: dict | None, shape: tuple[int, int, int]) -> np.ndarray | None:
-    """The strokes a fine-tuned model remembers (``meta["stroke_seeds"]``, core.postprocess) as
-    a (Z, Y, X) uint8 scribble map, or None when it has none for a grid of ``shape``."""
-    info = (meta or {}).get("stroke_seeds")
-    if not isinstance(info, dict) or [int(s) for s in info.get("shape", [])] != list(shape):
-        return None
-    out = np.zeros(shape, np.uint8)
-    for cls, pts in (info.get("classes") or {}).items():
-        arr = np.asarray(pts, dtype=np.int64).reshape(-1, 3)
-        arr = arr[((arr >= 0) & (arr < np.array(shape))).all(1)]
-        out[arr[:, 0], arr[:, 1], arr[:, 2]] = int(cls) + 1
-    return out if out.any() else None
+    """The strokes a fine-tuned model remembers (``meta["stroke_seeds"]``,
+    :func:`core.postprocess.remembered_strokes`) as a (Z, Y, X) uint8 scribble map, or None
+    when it has none for a grid of ``shape``."""
+    from .postprocess import remembered_strokes
+
+    scr = remembered_strokes(meta or {}, shape)
+    return scr if scr is not None and scr.any() else None
 
 
 @dataclass(frozen=True)
